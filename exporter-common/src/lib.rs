@@ -1,0 +1,260 @@
+//! Records shared by podwatch's kernel programs and its userspace agent.
+//!
+//! Every record in the ring buffer is `Header` + one fixed payload per kind + a
+//! variable-length tail of strings whose lengths the payload gives. Records are
+//! variable-length so a 12-byte path does not ship 4 KiB of zeros. Userspace must
+//! treat every byte as untrusted: lengths are checked against the record before use.
+//!
+//! Directory paths (cwd, the directory of a dirfd) are walked in the kernel from the
+//! leaf up, so they travel as NUL-terminated components in *reverse* order
+//! (`"shadow\0etc\0"` for `/etc/shadow`); userspace reverses them.
+#![no_std]
+
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Longest user string (path or argv block) copied from user memory.
+pub const MAX_STR: usize = 4096;
+/// Longest single path component (NAME_MAX + NUL).
+pub const MAX_NAME: usize = 256;
+/// Most components walked up a dentry chain, mount crossings included.
+pub const MAX_PATH_DEPTH: usize = 48;
+/// Largest record a program emits; the scratch buffer has room for one more read past it.
+pub const MAX_RECORD: usize = 16384;
+/// Per-CPU scratch buffer a record is assembled in (≤ 32 KiB: the per-CPU value limit).
+pub const SCRATCH_SIZE: usize = MAX_RECORD + 2 * MAX_STR;
+
+/// Record kinds. `u16` on the wire; unknown values are counted and skipped in userspace.
+pub mod kind {
+    pub const EXEC: u16 = 1;
+    pub const EXIT: u16 = 2;
+    pub const FORK: u16 = 3;
+    pub const FILE_OPEN: u16 = 4;
+    pub const TCP_CONNECT: u16 = 5;
+    pub const TCP_ACCEPT: u16 = 6;
+    pub const TCP_CLOSE: u16 = 7;
+    pub const UDP_CONNECT: u16 = 8;
+    pub const UDP_SEND: u16 = 9;
+    pub const CGROUP_MKDIR: u16 = 10;
+}
+
+/// `Header::flags` bits.
+pub mod flags {
+    /// argv was longer than `MAX_STR`.
+    pub const ARGS_TRUNCATED: u16 = 1 << 0;
+    /// A user path string filled `MAX_STR`.
+    pub const PATH_TRUNCATED: u16 = 1 << 1;
+    /// A dentry walk stopped at `MAX_PATH_DEPTH` or `MAX_RECORD` before reaching the root.
+    pub const DIR_TRUNCATED: u16 = 1 << 2;
+    /// A kernel read failed; some fields are missing.
+    pub const READ_FAILED: u16 = 1 << 3;
+}
+
+/// Which open-family syscall a `FileOpen` record came from.
+pub mod open_syscall {
+    pub const OPEN: u32 = 0;
+    pub const OPENAT: u32 = 1;
+    pub const OPENAT2: u32 = 2;
+    pub const CREAT: u32 = 3;
+}
+
+/// Indexes of the kernel-side counters in the `STATS` per-CPU array.
+pub mod stat {
+    /// Records that did not fit in the ring buffer (lost).
+    pub const RINGBUF_LOST: u32 = 0;
+    /// Open exits without a matching enter (enter happened before attach, or stash full).
+    pub const OPEN_STASH_MISS: u32 = 1;
+    /// TCP closes of sockets whose owner was never seen.
+    pub const SOCK_OWNER_MISS: u32 = 2;
+    /// Kernel memory reads that failed.
+    pub const READ_ERRORS: u32 = 3;
+    /// Records emitted (successfully written to the ring buffer).
+    pub const RECORDS: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u16 = 17;
+pub const AT_FDCWD: i32 = -100;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub kind: u16,
+    pub flags: u16,
+    /// Total record length in bytes, header included.
+    pub len: u32,
+    /// `bpf_ktime_get_boot_ns()`: monotonic including suspend.
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup v2 id (the cgroup directory's inode number).
+    pub cgroup_id: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Tail: filename, argv block (NUL-separated), cwd components (reversed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exec {
+    /// tgid of `real_parent`.
+    pub ppid: u32,
+    pub filename_len: u32,
+    pub args_len: u32,
+    pub cwd_len: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exit {
+    /// `task->exit_code`: `(code << 8) | signal`, as `wait(2)` reports it.
+    pub exit_code: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fork {
+    pub child_tgid: u32,
+    pub parent_tgid: u32,
+}
+
+/// Tail: path as the process passed it, then (only when that path is relative)
+/// the base directory's components, reversed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOpen {
+    /// One of `open_syscall::*`.
+    pub syscall: u32,
+    pub dfd: i32,
+    pub flags: u64,
+    pub mode: u32,
+    /// New fd, or `-errno`.
+    pub ret: i32,
+    pub path_len: u32,
+    pub dir_len: u32,
+}
+
+/// Connect, accept, close and UDP destinations. Addresses are in network byte
+/// order (IPv4 in the first four bytes), ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net {
+    pub family: u16,
+    pub protocol: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// 0 on success, `-errno` on failure (connect refused, unreachable...).
+    pub result: i32,
+    /// `kind::TCP_CONNECT` or `kind::TCP_ACCEPT`: which end the process is
+    /// (a close inherits it from the connect or accept that opened the socket).
+    pub side: u16,
+    pub _pad: u16,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// Tail: the cgroup's path relative to the cgroup2 root.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupMkdir {
+    pub id: u64,
+    pub level: u32,
+    pub path_len: u32,
+}
+
+/// Kernel struct field offsets, read at start-up from the running kernel's BTF
+/// (`/sys/kernel/btf/vmlinux`) and handed to the programs as a read-only global.
+/// Rust eBPF has no CO-RE relocations; this is the run-time equivalent.
+/// `available` says which groups of fields were found; programs skip what is missing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub available: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_fs: u32,
+    pub task_files: u32,
+    pub task_mm: u32,
+    pub task_exit_code: u32,
+    pub fs_root: u32,
+    pub fs_pwd: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    pub qstr_name: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub vfsmount_root: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_path: u32,
+    pub file_private_data: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub socket_sk: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub sk_err: u32,
+    pub tcp_bytes_received: u32,
+    pub tcp_bytes_acked: u32,
+}
+
+/// `KernelOffsets::available` bits.
+pub mod offsets {
+    /// real_parent, tgid, pid, exit_code.
+    pub const TASK: u32 = 1 << 0;
+    /// fs_struct, path, dentry, mount: cwd and dirfd resolution.
+    pub const PATHS: u32 = 1 << 1;
+    /// files_struct/fdtable/file: fd → file.
+    pub const FILES: u32 = 1 << 2;
+    /// mm_struct arg_start/arg_end: argv.
+    pub const ARGS: u32 = 1 << 3;
+    /// socket and sock_common: accepted socket addresses.
+    pub const SOCK: u32 = 1 << 4;
+    /// tcp_sock byte counters and sk_err.
+    pub const TCP_STATS: u32 = 1 << 5;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding-dependent invariants.
+    unsafe impl aya::Pod for KernelOffsets {}
+}
+
+/// Fixed part of a record of each kind: header + payload.
+pub const fn fixed_len(kind: u16) -> usize {
+    let payload = match kind {
+        kind::EXEC => core::mem::size_of::<Exec>(),
+        kind::EXIT => core::mem::size_of::<Exit>(),
+        kind::FORK => core::mem::size_of::<Fork>(),
+        kind::FILE_OPEN => core::mem::size_of::<FileOpen>(),
+        kind::TCP_CONNECT
+        | kind::TCP_ACCEPT
+        | kind::TCP_CLOSE
+        | kind::UDP_CONNECT
+        | kind::UDP_SEND => core::mem::size_of::<Net>(),
+        kind::CGROUP_MKDIR => core::mem::size_of::<CgroupMkdir>(),
+        _ => 0,
+    };
+    core::mem::size_of::<Header>() + payload
+}
+
+const _: () = assert!(core::mem::size_of::<Header>() == 56);
+const _: () = assert!(SCRATCH_SIZE <= 32768);
+const _: () = assert!(MAX_RECORD.is_power_of_two());

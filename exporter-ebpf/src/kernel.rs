@@ -1,0 +1,202 @@
+//! Reading kernel structs through offsets the agent found in the running
+//! kernel's BTF, and walking dentries into paths.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel};
+use podwatch_common::{flags, stat, KernelOffsets, MAX_NAME, MAX_PATH_DEPTH};
+
+use crate::record::{count, Record};
+
+/// Filled in by the agent before load (`EbpfLoader::override_global`).
+#[no_mangle]
+pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
+    available: 0,
+    task_real_parent: 0,
+    task_tgid: 0,
+    task_pid: 0,
+    task_fs: 0,
+    task_files: 0,
+    task_mm: 0,
+    task_exit_code: 0,
+    fs_root: 0,
+    fs_pwd: 0,
+    path_mnt: 0,
+    path_dentry: 0,
+    dentry_parent: 0,
+    dentry_name: 0,
+    qstr_name: 0,
+    mount_mnt: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
+    vfsmount_root: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_path: 0,
+    file_private_data: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    socket_sk: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_family: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    sk_err: 0,
+    tcp_bytes_received: 0,
+    tcp_bytes_acked: 0,
+};
+
+/// Reads one offset. Volatile so the compiler cannot fold the zero initialiser;
+/// the verifier sees a frozen read-only map and folds it instead.
+macro_rules! off {
+    ($field:ident) => {
+        // SAFETY: plain read of a static.
+        (unsafe { core::ptr::read_volatile(&$crate::kernel::OFFSETS.$field) } as u64)
+    };
+}
+pub(crate) use off;
+
+#[inline(always)]
+pub fn has(bits: u32) -> bool {
+    // SAFETY: plain read of a static.
+    (unsafe { core::ptr::read_volatile(&OFFSETS.available) } & bits) == bits
+}
+
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_get_current_task() }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn read<T: Copy>(base: u64, offset: u64) -> Result<T, u32> {
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper checks the source; the destination is a local of size_of::<T>().
+    let r = unsafe {
+        bpf_probe_read_kernel(
+            v.as_mut_ptr() as *mut c_void,
+            core::mem::size_of::<T>() as u32,
+            (base + offset) as *const c_void,
+        )
+    };
+    if r < 0 || base == 0 {
+        count(stat::READ_ERRORS);
+        return Err(0);
+    }
+    // SAFETY: the helper filled it.
+    Ok(unsafe { v.assume_init() })
+}
+
+/// tgid of a task's `real_parent`.
+#[inline(always)]
+pub fn parent_tgid(task: u64) -> Result<u32, u32> {
+    let parent: u64 = read(task, off!(task_real_parent))?;
+    read(parent, off!(task_tgid))
+}
+
+/// Appends a directory path as reversed NUL-terminated components, walking
+/// `d_parent` and crossing mounts up to the task's root (so paths are as the
+/// process sees them, chroot and container root included). Returns the bytes
+/// appended.
+#[inline(never)]
+pub fn push_path(rec: &mut Record, dentry: u64, vfsmnt: u64, root: (u64, u64)) -> u32 {
+    let start = rec.len();
+    let mut dentry = dentry;
+    let mut vfsmnt = vfsmnt;
+    let mut mnt = vfsmnt.wrapping_sub(off!(mount_mnt));
+    let mut reached_root = false;
+    for _ in 0..MAX_PATH_DEPTH {
+        if dentry == root.0 && vfsmnt == root.1 {
+            reached_root = true;
+            break;
+        }
+        let Ok(mnt_root) = read::<u64>(vfsmnt, off!(vfsmount_root)) else { break };
+        if dentry == mnt_root {
+            // Top of this mount: continue from where it is mounted.
+            let Ok(parent) = read::<u64>(mnt, off!(mount_parent)) else { break };
+            if parent == mnt {
+                reached_root = true;
+                break;
+            }
+            let Ok(mountpoint) = read::<u64>(mnt, off!(mount_mountpoint)) else { break };
+            dentry = mountpoint;
+            mnt = parent;
+            vfsmnt = mnt + off!(mount_mnt);
+            continue;
+        }
+        let Ok(parent) = read::<u64>(dentry, off!(dentry_parent)) else { break };
+        if parent == dentry {
+            reached_root = true;
+            break;
+        }
+        let Ok(name) = read::<u64>(dentry, off!(dentry_name) + off!(qstr_name)) else { break };
+        if rec.push_kernel_str(name, MAX_NAME as u32) == 0 {
+            break;
+        }
+        dentry = parent;
+    }
+    if !reached_root {
+        rec.flag(flags::DIR_TRUNCATED);
+    }
+    (rec.len() - start) as u32
+}
+
+/// (dentry, vfsmount) of a `struct path` embedded at `base + offset`.
+#[inline(always)]
+fn path_at(base: u64, offset: u64) -> Result<(u64, u64), u32> {
+    let dentry: u64 = read(base, offset + off!(path_dentry))?;
+    let mnt: u64 = read(base, offset + off!(path_mnt))?;
+    Ok((dentry, mnt))
+}
+
+/// The task's root directory (chroot / container root).
+#[inline(always)]
+fn task_root(task: u64) -> Result<(u64, u64), u32> {
+    let fs: u64 = read(task, off!(task_fs))?;
+    path_at(fs, off!(fs_root))
+}
+
+/// Appends the task's cwd. Returns bytes appended (0 if unavailable).
+#[inline(always)]
+pub fn push_cwd(rec: &mut Record, task: u64) -> u32 {
+    if !has(podwatch_common::offsets::PATHS) {
+        return 0;
+    }
+    let Ok(fs) = read::<u64>(task, off!(task_fs)) else { return 0 };
+    let Ok(root) = path_at(fs, off!(fs_root)) else { return 0 };
+    let Ok((dentry, mnt)) = path_at(fs, off!(fs_pwd)) else { return 0 };
+    push_path(rec, dentry, mnt, root)
+}
+
+/// The `struct file *` behind a task's fd.
+#[inline(always)]
+pub fn fd_file(task: u64, fd: i64) -> Result<u64, u32> {
+    if fd < 0 {
+        return Err(0);
+    }
+    let files: u64 = read(task, off!(task_files))?;
+    let fdt: u64 = read(files, off!(files_fdt))?;
+    let max: u32 = read(fdt, off!(fdtable_max_fds))?;
+    if fd as u64 >= max as u64 {
+        return Err(0);
+    }
+    let fds: u64 = read(fdt, off!(fdtable_fd))?;
+    read(fds, (fd as u64) * 8)
+}
+
+/// Appends the path of the directory open at `fd`. Returns bytes appended.
+#[inline(always)]
+pub fn push_fd_path(rec: &mut Record, task: u64, fd: i64) -> u32 {
+    if !has(podwatch_common::offsets::PATHS | podwatch_common::offsets::FILES) {
+        return 0;
+    }
+    let Ok(root) = task_root(task) else { return 0 };
+    let Ok(file) = fd_file(task, fd) else { return 0 };
+    let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else { return 0 };
+    push_path(rec, dentry, mnt, root)
+}

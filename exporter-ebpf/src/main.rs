@@ -1,0 +1,26 @@
+//! podwatch's kernel programs. One module per hook family (process, file, net,
+//! cgroup); `record` assembles variable-length records, `kernel` reads kernel
+//! structs through offsets taken from the running kernel's BTF at start-up.
+//!
+//! Every program is `match try_x(ctx) { Ok(v) | Err(v) => v }`: a failed read
+//! never aborts a hook, it just ends it early.
+#![no_std]
+#![no_main]
+
+mod cgroup;
+mod file;
+mod kernel;
+mod net;
+mod process;
+mod record;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// bpf_probe_read_kernel and bpf_send_signal are GPL-only helpers.
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

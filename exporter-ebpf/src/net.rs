@@ -1,0 +1,241 @@
+//! Network: TCP connect / accept / close from `sock:inet_sock_set_state` and
+//! accept(4) exits; UDP destinations from the cgroup connect and sendmsg hooks.
+//!
+//! TCP state changes often run in softirq, where "current" is whoever was on
+//! the CPU. The process is therefore captured where it is certain (connect's
+//! CLOSE→SYN_SENT runs in the caller; accept's exit runs in the acceptor) and
+//! kept per socket in `SOCK_OWNERS` until the socket reaches TCP_CLOSE.
+
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, map, tracepoint},
+    maps::LruHashMap,
+    programs::{SockAddrContext, TracePointContext},
+};
+use podwatch_common::{
+    kind, offsets, stat, Net, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::{
+    kernel::{current_task, fd_file, has, off, read},
+    record::{count, current_is_agent, Owner, Record},
+};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockOwner {
+    owner: Owner,
+    /// kind::TCP_CONNECT or kind::TCP_ACCEPT: which side this process is on.
+    side: u16,
+    _pad: [u16; 3],
+}
+
+#[map]
+static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+const SOCK_DGRAM: u32 = 2;
+
+// sock:inet_sock_set_state field offsets.
+const SK_SKADDR: usize = 8;
+const SK_OLDSTATE: usize = 16;
+const SK_NEWSTATE: usize = 20;
+const SK_SPORT: usize = 24;
+const SK_DPORT: usize = 26;
+const SK_FAMILY: usize = 28;
+const SK_PROTOCOL: usize = 30;
+const SK_SADDR: usize = 32;
+const SK_DADDR: usize = 36;
+const SK_SADDR_V6: usize = 40;
+const SK_DADDR_V6: usize = 56;
+
+#[inline(always)]
+fn tp<T>(ctx: &TracePointContext, off: usize) -> Result<T, u32> {
+    // SAFETY: reading a field of the tracepoint record.
+    unsafe { ctx.read_at::<T>(off) }.map_err(|_| 0u32)
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    match try_set_state(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
+    let protocol: u16 = tp(ctx, SK_PROTOCOL)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let sk: u64 = tp(ctx, SK_SKADDR)?;
+    let old: i32 = tp(ctx, SK_OLDSTATE)?;
+    let new: i32 = tp(ctx, SK_NEWSTATE)?;
+
+    if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        // connect() in the calling process.
+        if current_is_agent() {
+            return Ok(0);
+        }
+        let o = SockOwner { owner: Owner::current(), side: kind::TCP_CONNECT, _pad: [0; 3] };
+        let _ = SOCK_OWNERS.insert(&sk, &o, 0);
+        return Ok(0);
+    }
+    let record_kind = if old == TCP_SYN_SENT && (new == TCP_ESTABLISHED || new == TCP_CLOSE) {
+        kind::TCP_CONNECT
+    } else if new == TCP_CLOSE && old != TCP_LISTEN {
+        kind::TCP_CLOSE
+    } else {
+        return Ok(0);
+    };
+    // SAFETY: value copied out before any removal.
+    let Some(owner) = (unsafe { SOCK_OWNERS.get(&sk) }).copied() else {
+        if record_kind == kind::TCP_CLOSE {
+            count(stat::SOCK_OWNER_MISS);
+        }
+        return Ok(0);
+    };
+    if new == TCP_CLOSE {
+        let _ = SOCK_OWNERS.remove(&sk);
+    }
+
+    let mut rec = Record::new(record_kind).ok_or(0u32)?;
+    rec.set_owner(&owner.owner);
+    let family: u16 = tp(ctx, SK_FAMILY)?;
+    let p: &mut Net = rec.payload();
+    p.family = family;
+    p.protocol = IPPROTO_TCP;
+    // Tracepoint addresses are local (s) and remote (d); records keep that and
+    // userspace orients them by side.
+    p.sport = tp(ctx, SK_SPORT)?;
+    p.dport = tp(ctx, SK_DPORT)?;
+    if family == AF_INET6 {
+        p.saddr = tp(ctx, SK_SADDR_V6)?;
+        p.daddr = tp(ctx, SK_DADDR_V6)?;
+    } else {
+        let s: [u8; 4] = tp(ctx, SK_SADDR)?;
+        let d: [u8; 4] = tp(ctx, SK_DADDR)?;
+        p.saddr[..4].copy_from_slice(&s);
+        p.daddr[..4].copy_from_slice(&d);
+    }
+    if has(offsets::TCP_STATS) {
+        if new == TCP_CLOSE && old == TCP_SYN_SENT {
+            let err: i32 = read(sk, off!(sk_err)).unwrap_or(0);
+            p.result = -err;
+        }
+        if record_kind == kind::TCP_CLOSE {
+            p.bytes_sent = read(sk, off!(tcp_bytes_acked)).unwrap_or(0);
+            p.bytes_received = read(sk, off!(tcp_bytes_received)).unwrap_or(0);
+        }
+    } else if new == TCP_CLOSE && old == TCP_SYN_SENT {
+        p.result = -111; // ECONNREFUSED: the most likely cause; exact errno needs sk_err
+    }
+    p.side = owner.side;
+    rec.emit();
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    match try_accept(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    match try_accept(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
+    if !has(offsets::FILES | offsets::SOCK) || current_is_agent() {
+        return Ok(0);
+    }
+    let fd: i64 = tp(ctx, 16)?;
+    if fd < 0 {
+        return Ok(0);
+    }
+    let file = fd_file(current_task(), fd)?;
+    let socket: u64 = read(file, off!(file_private_data))?;
+    let sk: u64 = read(socket, off!(socket_sk))?;
+    let family: u16 = read(sk, off!(skc_family))?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(0); // unix sockets and friends
+    }
+    let o = SockOwner { owner: Owner::current(), side: kind::TCP_ACCEPT, _pad: [0; 3] };
+    let _ = SOCK_OWNERS.insert(&sk, &o, 0);
+
+    let mut rec = Record::new(kind::TCP_ACCEPT).ok_or(0u32)?;
+    let p: &mut Net = rec.payload();
+    p.family = family;
+    p.protocol = IPPROTO_TCP;
+    p.sport = read(sk, off!(skc_num)).unwrap_or(0);
+    p.dport = u16::from_be(read(sk, off!(skc_dport)).unwrap_or(0));
+    if family == AF_INET6 {
+        p.saddr = read(sk, off!(skc_v6_rcv_saddr)).unwrap_or([0; 16]);
+        p.daddr = read(sk, off!(skc_v6_daddr)).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = read(sk, off!(skc_rcv_saddr)).unwrap_or([0; 4]);
+        let d: [u8; 4] = read(sk, off!(skc_daddr)).unwrap_or([0; 4]);
+        p.saddr[..4].copy_from_slice(&s);
+        p.daddr[..4].copy_from_slice(&d);
+    }
+    p.side = kind::TCP_ACCEPT;
+    rec.emit();
+    Ok(0)
+}
+
+/// UDP destination from a cgroup sock_addr hook. Always allows (returns 1).
+#[inline(always)]
+fn udp_dest(ctx: &SockAddrContext, record_kind: u16, family: u16) {
+    // SAFETY: the context pointer is the kernel's bpf_sock_addr.
+    let sa = unsafe { &*ctx.sock_addr };
+    if sa.type_ != SOCK_DGRAM || current_is_agent() {
+        return;
+    }
+    let Some(mut rec) = Record::new(record_kind) else { return };
+    let p: &mut Net = rec.payload();
+    p.family = family;
+    p.protocol = IPPROTO_UDP;
+    p.dport = u16::from_be(sa.user_port as u16);
+    if family == AF_INET6 {
+        let ip = sa.user_ip6;
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&ip[0].to_ne_bytes());
+        b[4..8].copy_from_slice(&ip[1].to_ne_bytes());
+        b[8..12].copy_from_slice(&ip[2].to_ne_bytes());
+        b[12..16].copy_from_slice(&ip[3].to_ne_bytes());
+        p.daddr = b;
+    } else {
+        let ip = sa.user_ip4;
+        p.daddr[..4].copy_from_slice(&ip.to_ne_bytes());
+    }
+    rec.emit();
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    udp_dest(&ctx, kind::UDP_CONNECT, AF_INET);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    udp_dest(&ctx, kind::UDP_CONNECT, AF_INET6);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    udp_dest(&ctx, kind::UDP_SEND, AF_INET);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    udp_dest(&ctx, kind::UDP_SEND, AF_INET6);
+    1
+}

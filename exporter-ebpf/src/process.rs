@@ -1,0 +1,118 @@
+//! Process lifecycle: exec (binary, argv, cwd, parent), exit (code or signal),
+//! fork (so userspace knows the tree and children inherit binary and args).
+
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+    EbpfContext,
+};
+use podwatch_common::{flags, kind, offsets, Exec, Exit, Fork, MAX_STR};
+
+use crate::{
+    kernel::{current_task, has, off, parent_tgid, push_cwd, read},
+    record::{current_is_agent, Record},
+};
+
+// sched:sched_process_exec field offsets (stable ABI of the tracepoint format).
+const EXEC_FILENAME_LOC: usize = 8;
+// sched:sched_process_exit
+const EXIT_GROUP_DEAD: usize = 32;
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    match try_exec(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
+    let mut rec = Record::new(kind::EXEC).ok_or(0u32)?;
+    let task = current_task();
+
+    // __data_loc: low 16 bits offset from the record start, high 16 bits length.
+    // SAFETY: reading a field of the tracepoint record.
+    let loc: u32 = unsafe { ctx.read_at(EXEC_FILENAME_LOC) }.map_err(|_| 0u32)?;
+    let filename = ctx.as_ptr() as u64 + (loc & 0xffff) as u64;
+    let filename_len = rec.push_kernel_str(filename, MAX_STR as u32);
+
+    let mut ppid = 0;
+    let mut args_len = 0;
+    if has(offsets::TASK) {
+        ppid = parent_tgid(task).unwrap_or(0);
+    }
+    if has(offsets::ARGS) {
+        if let Ok(mm) = read::<u64>(task, off!(task_mm)) {
+            let start: u64 = read(mm, off!(mm_arg_start)).unwrap_or(0);
+            let end: u64 = read(mm, off!(mm_arg_end)).unwrap_or(0);
+            if end > start {
+                let len = (end - start) as usize;
+                if len > MAX_STR {
+                    rec.flag(flags::ARGS_TRUNCATED);
+                }
+                args_len = rec.push_user_bytes(start, len);
+            }
+        }
+    }
+    let cwd_len = push_cwd(&mut rec, task);
+
+    let p: &mut Exec = rec.payload();
+    p.ppid = ppid;
+    p.filename_len = filename_len;
+    p.args_len = args_len;
+    p.cwd_len = cwd_len;
+    rec.emit();
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    match try_exit(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
+    // Only the last thread of a process reports the process's exit.
+    // SAFETY: reading a field of the tracepoint record.
+    let group_dead: u8 = unsafe { ctx.read_at(EXIT_GROUP_DEAD) }.map_err(|_| 0u32)?;
+    if group_dead == 0 {
+        return Ok(0);
+    }
+    let mut rec = Record::new(kind::EXIT).ok_or(0u32)?;
+    let code = if has(offsets::TASK) {
+        read::<u32>(current_task(), off!(task_exit_code)).unwrap_or(0)
+    } else {
+        0
+    };
+    let p: &mut Exit = rec.payload();
+    p.exit_code = code;
+    rec.emit();
+    Ok(0)
+}
+
+/// Raw tracepoint: args are (struct task_struct *parent, struct task_struct *child).
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    match try_fork(&ctx) {
+        Ok(v) | Err(v) => v as i32,
+    }
+}
+
+fn try_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    if !has(offsets::TASK) || current_is_agent() {
+        return Ok(0);
+    }
+    let child: u64 = ctx.arg(1);
+    let child_pid: u32 = read(child, off!(task_pid))?;
+    let child_tgid: u32 = read(child, off!(task_tgid))?;
+    if child_pid != child_tgid {
+        return Ok(0); // a new thread, not a new process
+    }
+    let parent = parent_tgid(child)?;
+    let mut rec = Record::new(kind::FORK).ok_or(0u32)?;
+    let p: &mut Fork = rec.payload();
+    p.child_tgid = child_tgid;
+    p.parent_tgid = parent;
+    rec.emit();
+    Ok(0)
+}

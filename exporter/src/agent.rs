@@ -1,0 +1,139 @@
+//! `podwatch run`: load the sensors, read the ring buffer, enrich, fan out.
+//!
+//! ```text
+//! ring buffer ─▶ decode ─▶ enrich ─▶ output queue (bounded, drop+count) ─▶ stdout/file
+//!                                 └▶ broadcast ─▶ /events subscribers (lag counted)
+//! kernel STATS map ─▶ AgentStats (polled every second)
+//! ```
+//! The reader never waits on an output: that is what keeps the kernel side
+//! from overflowing while a disk or terminal is slow.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray};
+use podwatch_common::stat;
+use tokio::{io::unix::AsyncFd, net::TcpListener, sync::broadcast};
+use tracing::{info, warn};
+
+use crate::{
+    cgroup::{cgroup2_mount, CgroupResolver},
+    config::AgentConfig,
+    decode::decode,
+    enrich::Enricher,
+    output,
+    proc_cache::ProcessCache,
+    sensors,
+    server::{self, ServerState},
+    stats::AgentStats,
+};
+
+fn poll_kernel_stats(map: &PerCpuArray<MapData, u64>, stats: &AgentStats) {
+    let sum = |idx: u32| -> u64 {
+        map.get(&idx, 0).map(|v| v.iter().copied().sum()).unwrap_or(0)
+    };
+    stats.kernel_ringbuf_lost.store(sum(stat::RINGBUF_LOST), Relaxed);
+    stats.kernel_records.store(sum(stat::RECORDS), Relaxed);
+    stats.kernel_read_errors.store(sum(stat::READ_ERRORS), Relaxed);
+    stats.kernel_open_stash_misses.store(sum(stat::OPEN_STASH_MISS), Relaxed);
+    stats.kernel_sock_owner_misses.store(sum(stat::SOCK_OWNER_MISS), Relaxed);
+}
+
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let stats = Arc::new(AgentStats::default());
+    let (events_tx, _) = broadcast::channel(cfg.queue_capacity.min(1 << 16));
+    let state = Arc::new(ServerState {
+        stats: stats.clone(),
+        ready: AtomicBool::new(false),
+        events: events_tx.clone(),
+        sensors: Mutex::new(Vec::new()),
+    });
+    // Listen first so /healthz answers while programs load.
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    info!(listen = %listener.local_addr()?, "http listening");
+    tokio::spawn(server::serve(listener, state.clone()));
+
+    let cgroup_root = cgroup2_mount();
+    if cgroup_root.is_none() {
+        warn!("no cgroup2 hierarchy mounted: no pod attribution and no UDP sensors");
+    }
+    let mut procs = ProcessCache::new(cfg.process_cache_capacity, cfg.exited_linger);
+    let seeded = procs.seed();
+    let cgroups = CgroupResolver::new(cgroup_root.clone());
+    info!(processes = seeded, cgroups = cgroups.len(), "caches seeded");
+    let mut enricher = Enricher::new(cfg.node_name.clone(), procs, cgroups);
+
+    let sensors = sensors::load(cfg.ring_buffer_bytes, cgroup_root.as_deref())?;
+    *state.sensors.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sensors.status.clone();
+    let sensors::Sensors { events, stats: kernel_stats, ebpf: _programs, .. } = sensors;
+
+    let out = output::spawn(cfg.output.clone(), cfg.queue_capacity, stats.clone())?;
+
+    let stats_poll = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            loop {
+                poll_kernel_stats(&kernel_stats, &stats);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e))?;
+    state.ready.store(true, Relaxed);
+    info!(node = %cfg.node_name, "ready");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut last_tick = Instant::now();
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    stats.records_read.fetch_add(1, Relaxed);
+                    match decode(&item) {
+                        Ok(rec) => {
+                            drop(item);
+                            if let Some(ev) = enricher.enrich(rec) {
+                                let ev = Arc::new(ev);
+                                stats.events_emitted.fetch_add(1, Relaxed);
+                                out.offer(&ev, &stats);
+                                let _ = events_tx.send(ev);
+                            }
+                        }
+                        Err(e) => stats.decode_error(e),
+                    }
+                }
+                guard.clear_ready();
+                if last_tick.elapsed() >= Duration::from_secs(1) {
+                    last_tick = Instant::now();
+                    enricher.tick(last_tick);
+                    stats.process_cache_size.store(enricher.procs.len() as u64, Relaxed);
+                    stats.process_cache_misses.store(enricher.procs.misses, Relaxed);
+                    stats.process_cache_evictions.store(enricher.procs.evictions, Relaxed);
+                    stats.cgroup_cache_size.store(enricher.cgroups.len() as u64, Relaxed);
+                    stats.cgroup_misses.store(enricher.cgroups.misses, Relaxed);
+                }
+            }
+            _ = tokio::signal::ctrl_c() => { info!("interrupted"); break; }
+            _ = sigterm.recv() => { info!("terminated"); break; }
+        }
+    }
+    state.ready.store(false, Relaxed);
+    stats_poll.abort();
+    // Let queued events reach their output before exiting.
+    tokio::task::spawn_blocking(move || out.finish()).await?;
+    info!(stats = ?stats.snapshot(), "stopped");
+    Ok(())
+}

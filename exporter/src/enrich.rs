@@ -1,0 +1,335 @@
+//! Decoded records → events: process details from the cache, pod and
+//! container from the cgroup, absolute file paths, oriented addresses.
+//! Fork and cgroup-mkdir records only update state and produce no event.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use podwatch_common::{flags, kind, open_syscall, Header, Net, AF_INET6, IPPROTO_UDP};
+
+use crate::{
+    cgroup::{parse_kubelet_path, CgroupResolver},
+    decode::{Payload, Record},
+    event::{
+        errno_name, exit_status, lossless_string, Cgroup, Container, Endpoint, Event, File, Kind,
+        Network, Parent, Pod, Process,
+    },
+    proc_cache::{ProcessCache, ProcessInfo},
+};
+
+pub struct Enricher {
+    pub node: String,
+    pub procs: ProcessCache,
+    pub cgroups: CgroupResolver,
+    /// realtime − boottime, to turn `bpf_ktime_get_boot_ns` into wall-clock time.
+    boot_to_unix_ns: i128,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a local timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl Enricher {
+    pub fn new(node: String, procs: ProcessCache, cgroups: CgroupResolver) -> Enricher {
+        let boot_to_unix_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
+        Enricher { node, procs, cgroups, boot_to_unix_ns }
+    }
+
+    fn time(&self, ktime_ns: u64) -> String {
+        let ns = (self.boot_to_unix_ns + ktime_ns as i128).max(0) as u128;
+        let t = UNIX_EPOCH + std::time::Duration::from_nanos(ns.min(u64::MAX as u128) as u64);
+        humantime::format_rfc3339_nanos(t).to_string()
+    }
+
+    pub fn now_time(&self) -> String {
+        humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+    }
+
+    fn process(&mut self, h: &Header) -> Process {
+        let comm = lossless_string(&h.comm[..h.comm.iter().position(|&c| c == 0).unwrap_or(16)]);
+        let info = self.procs.get(h.tgid).cloned();
+        let parent = info.as_ref().filter(|i| i.ppid != 0).map(|i| Parent {
+            pid: i.ppid,
+            binary: self.procs.get(i.ppid).and_then(|p| p.binary.clone()),
+        });
+        let info = info.unwrap_or_default();
+        Process {
+            pid: h.tgid,
+            tid: h.tid,
+            uid: h.uid,
+            gid: h.gid,
+            comm,
+            binary: info.binary,
+            args: info.args,
+            args_truncated: info.args_truncated,
+            cwd: info.cwd,
+            parent,
+        }
+    }
+
+    fn pod(&mut self, cgroup_id: u64) -> (Cgroup, Option<Pod>) {
+        let path = self.cgroups.resolve(cgroup_id);
+        let pod = path.as_deref().and_then(parse_kubelet_path).map(|r| Pod {
+            uid: r.pod_uid,
+            namespace: None,
+            name: None,
+            workload: None,
+            container: r.container_id.map(|id| Container {
+                id,
+                name: None,
+                runtime: r.runtime.map(str::to_owned),
+            }),
+        });
+        (Cgroup { id: cgroup_id, path }, pod)
+    }
+
+    fn base(&mut self, h: &Header, kind: Kind) -> Event {
+        let process = self.process(h);
+        let (cgroup, pod) = self.pod(h.cgroup_id);
+        Event {
+            time: self.time(h.ktime_ns),
+            node: self.node.clone(),
+            kind,
+            process,
+            pod,
+            cgroup,
+            file: None,
+            network: None,
+            exit: None,
+        }
+    }
+
+    /// Housekeeping between batches: expire exited processes.
+    pub fn tick(&mut self, now: Instant) {
+        self.procs.expire(now);
+    }
+
+    pub fn enrich(&mut self, rec: Record) -> Option<Event> {
+        let h = rec.header;
+        match rec.payload {
+            Payload::Fork { child_tgid, parent_tgid } => {
+                self.procs.on_fork(child_tgid, parent_tgid);
+                None
+            }
+            Payload::CgroupMkdir { id, path } => {
+                self.cgroups.insert(id, lossless_string(&path));
+                None
+            }
+            Payload::Exec { ppid, filename, args, cwd } => {
+                let cwd = cwd.map(|c| lossless_string(&c));
+                let mut binary = lossless_string(&filename);
+                if !binary.starts_with('/') {
+                    if let Some(c) = &cwd {
+                        binary = normalize(&format!("{c}/{binary}"));
+                    }
+                }
+                let parent_pid = if ppid != 0 {
+                    ppid
+                } else {
+                    self.procs.peek(h.tgid).map(|p| p.ppid).unwrap_or(0)
+                };
+                self.procs.on_exec(
+                    h.tgid,
+                    ProcessInfo {
+                        ppid: parent_pid,
+                        binary: Some(binary),
+                        args: args.iter().map(|a| lossless_string(a)).collect(),
+                        args_truncated: h.flags & flags::ARGS_TRUNCATED != 0,
+                        cwd,
+                    },
+                );
+                Some(self.base(&h, Kind::Exec))
+            }
+            Payload::Exit { exit_code } => {
+                let mut ev = self.base(&h, Kind::Exit);
+                ev.exit = Some(exit_status(exit_code));
+                self.procs.on_exit(h.tgid, Instant::now());
+                Some(ev)
+            }
+            Payload::FileOpen { syscall, dfd: _, flags: oflags, mode: _, ret, path, dir } => {
+                let raw = lossless_string(&path);
+                let abs = if raw.starts_with('/') {
+                    normalize(&raw)
+                } else {
+                    let base = dir.map(|d| lossless_string(&d)).or_else(|| {
+                        self.procs.peek(h.tgid).and_then(|p| p.cwd.clone())
+                    });
+                    match base {
+                        Some(b) => normalize(&format!("{b}/{raw}")),
+                        None => raw,
+                    }
+                };
+                let mut ev = self.base(&h, Kind::File);
+                ev.file = Some(File {
+                    path: abs,
+                    operation: operation(oflags).to_owned(),
+                    flags: open_flag_names(oflags),
+                    syscall: match syscall {
+                        open_syscall::OPEN => "open",
+                        open_syscall::OPENAT => "openat",
+                        open_syscall::OPENAT2 => "openat2",
+                        open_syscall::CREAT => "creat",
+                        _ => "unknown",
+                    }
+                    .to_owned(),
+                    result: if ret >= 0 { "ok".to_owned() } else { errno_name(-ret) },
+                    errno: (ret < 0).then_some(-ret),
+                    fd: (ret >= 0).then_some(ret),
+                    path_truncated: h.flags & (flags::PATH_TRUNCATED | flags::DIR_TRUNCATED) != 0,
+                });
+                Some(ev)
+            }
+            Payload::Net { kind: k, net } => {
+                let event_kind = match k {
+                    kind::TCP_CONNECT | kind::UDP_CONNECT => Kind::Connect,
+                    kind::TCP_ACCEPT => Kind::Accept,
+                    kind::TCP_CLOSE => Kind::Close,
+                    _ => Kind::Send,
+                };
+                let mut ev = self.base(&h, event_kind);
+                ev.network = Some(network(k, &net));
+                Some(ev)
+            }
+        }
+    }
+}
+
+fn addr(family: u16, b: &[u8; 16]) -> String {
+    if family == AF_INET6 {
+        Ipv6Addr::from(*b).to_string()
+    } else {
+        Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()
+    }
+}
+
+fn network(k: u16, n: &Net) -> Network {
+    let local = Endpoint { address: addr(n.family, &n.saddr), port: n.sport };
+    let remote = Endpoint { address: addr(n.family, &n.daddr), port: n.dport };
+    // The record keeps local (s) and remote (d); events orient by who initiated.
+    let ingress = k == kind::TCP_ACCEPT || (k == kind::TCP_CLOSE && n.side == kind::TCP_ACCEPT);
+    let (src, dst) = if ingress { (remote, local) } else { (local, remote) };
+    let close = k == kind::TCP_CLOSE;
+    Network {
+        protocol: if n.protocol == IPPROTO_UDP { "udp" } else { "tcp" }.to_owned(),
+        family: if n.family == AF_INET6 { "ipv6" } else { "ipv4" }.to_owned(),
+        direction: if ingress { "ingress" } else { "egress" }.to_owned(),
+        src,
+        dst,
+        result: if n.result == 0 { "ok".to_owned() } else { errno_name(-n.result) },
+        bytes_sent: close.then_some(n.bytes_sent),
+        bytes_received: close.then_some(n.bytes_received),
+    }
+}
+
+const O_ACCMODE: u64 = 0o3;
+const O_CREAT: u64 = 0o100;
+const O_TRUNC: u64 = 0o1000;
+const O_PATH: u64 = 0o10000000;
+
+/// One word for what an open is about to do: create beats truncate beats
+/// write beats read; O_PATH opens only name a file.
+pub fn operation(f: u64) -> &'static str {
+    if f & O_PATH != 0 {
+        "open"
+    } else if f & O_CREAT != 0 {
+        "create"
+    } else if f & O_TRUNC != 0 {
+        "truncate"
+    } else if f & O_ACCMODE != 0 {
+        "write"
+    } else {
+        "read"
+    }
+}
+
+pub fn open_flag_names(f: u64) -> Vec<String> {
+    const NAMES: [(u64, &str); 17] = [
+        (0o100, "O_CREAT"),
+        (0o200, "O_EXCL"),
+        (0o400, "O_NOCTTY"),
+        (0o1000, "O_TRUNC"),
+        (0o2000, "O_APPEND"),
+        (0o4000, "O_NONBLOCK"),
+        (0o10000, "O_DSYNC"),
+        (0o20000, "O_ASYNC"),
+        (0o40000, "O_DIRECT"),
+        (0o100000, "O_LARGEFILE"),
+        (0o200000, "O_DIRECTORY"),
+        (0o400000, "O_NOFOLLOW"),
+        (0o1000000, "O_NOATIME"),
+        (0o2000000, "O_CLOEXEC"),
+        (0o4000000, "O_SYNC"),
+        (0o10000000, "O_PATH"),
+        (0o20000000, "O_TMPFILE"),
+    ];
+    let mut out = vec![match f & O_ACCMODE {
+        0 => "O_RDONLY",
+        1 => "O_WRONLY",
+        _ => "O_RDWR",
+    }
+    .to_owned()];
+    out.extend(NAMES.iter().filter(|(bit, _)| f & bit == *bit).map(|(_, n)| (*n).to_owned()));
+    out
+}
+
+/// Folds `.` and `..` lexically ("/tmp/../etc/shadow" → "/etc/shadow").
+/// Symlinks are not resolved: the path is the one the process asked for.
+pub fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_relative_walks() {
+        assert_eq!(normalize("/tmp/../etc/shadow"), "/etc/shadow");
+        assert_eq!(normalize("/etc/./shadow"), "/etc/shadow");
+        assert_eq!(normalize("/../../etc//passwd"), "/etc/passwd");
+        assert_eq!(normalize("/"), "/");
+    }
+
+    #[test]
+    fn operations_from_flags() {
+        assert_eq!(operation(0), "read");
+        assert_eq!(operation(0o1), "write");
+        assert_eq!(operation(0o2 | 0o1000), "truncate");
+        assert_eq!(operation(0o1 | 0o100 | 0o1000), "create");
+        assert_eq!(operation(0o10000000), "open");
+        assert_eq!(open_flag_names(0o2000000), vec!["O_RDONLY", "O_CLOEXEC"]);
+    }
+
+    #[test]
+    fn accept_and_its_close_are_ingress() {
+        let mut n = Net { family: 2, protocol: 6, sport: 8080, dport: 5555, ..Default::default() };
+        n.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        n.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        let a = network(kind::TCP_ACCEPT, &n);
+        assert_eq!((a.direction.as_str(), a.src.port, a.dst.port), ("ingress", 5555, 8080));
+        assert_eq!(a.src.address, "127.0.0.2");
+        n.side = kind::TCP_ACCEPT;
+        let c = network(kind::TCP_CLOSE, &n);
+        assert_eq!(c.direction, "ingress");
+        assert_eq!(c.bytes_sent, Some(0));
+        n.side = kind::TCP_CONNECT;
+        let c = network(kind::TCP_CONNECT, &n);
+        assert_eq!((c.direction.as_str(), c.src.port, c.dst.port), ("egress", 8080, 5555));
+        assert_eq!(c.bytes_sent, None);
+    }
+}

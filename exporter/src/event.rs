@@ -1,0 +1,294 @@
+//! The one JSON shape every output and sink sees, close to what Tetragon users
+//! know: `time, node, kind, process{..., parent}, pod{...}` plus the kind's own
+//! object (`file`, `network`, `exit`).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Exec,
+    Exit,
+    File,
+    Connect,
+    Accept,
+    Close,
+    /// A UDP datagram sent to an explicit destination (sendto/sendmsg), e.g. DNS.
+    Send,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] =
+        [Kind::Exec, Kind::Exit, Kind::File, Kind::Connect, Kind::Accept, Kind::Close, Kind::Send];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Exec => "exec",
+            Kind::Exit => "exit",
+            Kind::File => "file",
+            Kind::Connect => "connect",
+            Kind::Accept => "accept",
+            Kind::Close => "close",
+            Kind::Send => "send",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// RFC 3339, nanoseconds, UTC.
+    pub time: String,
+    pub node: String,
+    pub kind: Kind,
+    pub process: Process,
+    /// Absent for host processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    pub cgroup: Cgroup,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<File>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The kernel's 16-byte task name.
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+    /// Full argv, argv[0] included.
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub args_truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parent {
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pod {
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// containerd, cri-o or docker, from the cgroup name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cgroup {
+    pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct File {
+    /// Absolute, as the process sees it (its root and cwd applied, `..` folded).
+    pub path: String,
+    /// read | write | create | truncate | open (O_PATH).
+    pub operation: String,
+    pub flags: Vec<String>,
+    pub syscall: String,
+    /// "ok" or the errno name (EACCES...).
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    /// tcp | udp
+    pub protocol: String,
+    /// ipv4 | ipv6
+    pub family: String,
+    /// egress (this process initiated) | ingress (this process accepted).
+    pub direction: String,
+    /// Initiator of the connection.
+    pub src: Endpoint,
+    /// Target of the connection.
+    pub dst: Endpoint,
+    /// "ok" or the errno name (ECONNREFUSED...).
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_sent: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code when the process exited normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// Terminating signal (SIGKILL...) when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub core_dumped: bool,
+}
+
+/// Bytes from the kernel → String. Valid UTF-8 passes through; each invalid
+/// byte becomes `\xNN`, so nothing is silently replaced.
+pub fn lossless_string(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => {
+            let mut out = String::with_capacity(b.len() + 8);
+            let mut rest = b;
+            while !rest.is_empty() {
+                match std::str::from_utf8(rest) {
+                    Ok(s) => {
+                        out.push_str(s);
+                        break;
+                    }
+                    Err(e) => {
+                        let (ok, bad) = rest.split_at(e.valid_up_to());
+                        // SAFETY-free: valid_up_to guarantees `ok` is UTF-8.
+                        out.push_str(std::str::from_utf8(ok).unwrap_or_default());
+                        let n = e.error_len().unwrap_or(bad.len()).max(1);
+                        for byte in &bad[..n] {
+                            out.push_str(&format!("\\x{byte:02x}"));
+                        }
+                        rest = &bad[n..];
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        1 => "EPERM",
+        2 => "ENOENT",
+        4 => "EINTR",
+        6 => "ENXIO",
+        11 => "EAGAIN",
+        13 => "EACCES",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        19 => "ENODEV",
+        20 => "ENOTDIR",
+        21 => "EISDIR",
+        22 => "EINVAL",
+        23 => "ENFILE",
+        24 => "EMFILE",
+        26 => "ETXTBSY",
+        30 => "EROFS",
+        36 => "ENAMETOOLONG",
+        40 => "ELOOP",
+        95 => "EOPNOTSUPP",
+        97 => "EAFNOSUPPORT",
+        98 => "EADDRINUSE",
+        99 => "EADDRNOTAVAIL",
+        101 => "ENETUNREACH",
+        103 => "ECONNABORTED",
+        104 => "ECONNRESET",
+        110 => "ETIMEDOUT",
+        111 => "ECONNREFUSED",
+        113 => "EHOSTUNREACH",
+        _ => return format!("E{errno}"),
+    };
+    name.to_owned()
+}
+
+pub fn signal_name(sig: u32) -> String {
+    let name = match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        31 => "SIGSYS",
+        _ => return format!("SIG{sig}"),
+    };
+    name.to_owned()
+}
+
+/// Decodes `task->exit_code` the way `wait(2)` does.
+pub fn exit_status(raw: u32) -> ExitStatus {
+    let sig = raw & 0x7f;
+    if sig == 0 {
+        ExitStatus { code: Some(((raw >> 8) & 0xff) as i32), signal: None, core_dumped: false }
+    } else {
+        ExitStatus { code: None, signal: Some(signal_name(sig)), core_dumped: raw & 0x80 != 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_and_signals() {
+        assert_eq!(exit_status(0).code, Some(0));
+        assert_eq!(exit_status(3 << 8).code, Some(3));
+        let k = exit_status(9);
+        assert_eq!((k.code, k.signal.as_deref()), (None, Some("SIGKILL")));
+        assert!(exit_status(11 | 0x80).core_dumped);
+    }
+
+    #[test]
+    fn invalid_utf8_is_escaped_not_replaced() {
+        assert_eq!(lossless_string(b"abc"), "abc");
+        assert_eq!(lossless_string(b"a\xffb"), "a\\xffb");
+        assert_eq!(lossless_string(b"\xe2\x82"), "\\xe2\\x82");
+    }
+}

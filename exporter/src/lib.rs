@@ -1,0 +1,20 @@
+//! podwatch: an eBPF security observability agent for Kubernetes.
+//!
+//! Data path: kernel programs (`podwatch-ebpf`) → ring buffer → [`decode`] →
+//! [`enrich`] (process cache, cgroup → pod) → [`output`] and the live stream
+//! served by [`server`].
+
+pub mod agent;
+pub mod btf;
+pub mod cgroup;
+pub mod client;
+pub mod config;
+pub mod decode;
+pub mod enrich;
+pub mod event;
+pub mod output;
+pub mod proc_cache;
+pub mod sensors;
+pub mod server;
+pub mod stats;
+pub mod view;

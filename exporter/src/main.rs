@@ -1,0 +1,92 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use podwatch::{
+    config::{LogFormat, RunArgs},
+    event::Kind,
+    view::EventFilter,
+};
+
+/// eBPF security observability for Kubernetes: process execution, file access
+/// and network activity, attributed to pods.
+#[derive(Parser)]
+#[command(name = "podwatch", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the kernel sensors and emit events (needs root: CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN).
+    Run(RunArgs),
+    /// Attach to a running agent and print its events as they happen.
+    Events(EventsArgs),
+}
+
+#[derive(clap::Args)]
+struct EventsArgs {
+    /// The agent's HTTP address (its --listen).
+    #[arg(long, env = "PODWATCH_SERVER", default_value = "127.0.0.1:9090")]
+    server: String,
+    /// One line per event for people, instead of JSON.
+    #[arg(long)]
+    compact: bool,
+    /// Only these namespaces (repeatable; `host` = processes outside pods).
+    #[arg(long = "namespace", short = 'n')]
+    namespaces: Vec<String>,
+    /// Only these pods, by name or uid (repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pods: Vec<String>,
+    /// Only these kinds: exec, exit, file, connect, accept, close, send (repeatable or comma-separated).
+    #[arg(long = "kind", value_delimiter = ',', value_parser = parse_kind)]
+    kinds: Vec<Kind>,
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    Kind::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("unknown kind {s:?}; one of {}", all.join(", "))
+    })
+}
+
+fn init_logs(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("podwatch: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => match args.resolve() {
+            Ok(cfg) => {
+                init_logs(cfg.log_format, &cfg.log_level);
+                rt.block_on(podwatch::agent::run(cfg))
+            }
+            Err(e) => Err(e),
+        },
+        Command::Events(a) => {
+            let filter = EventFilter { namespaces: a.namespaces, pods: a.pods, kinds: a.kinds };
+            rt.block_on(podwatch::client::follow(&a.server, &filter, a.compact))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Loading the kernel programs and attaching each to the best hook this kernel
+//! has. A hook that cannot attach is reported and skipped, never fatal, except
+//! exec: without it the agent has nothing to say.
+
+use std::{fs::File, os::fd::AsFd};
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use podwatch_common::KernelOffsets;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::btf::{kernel_offsets, Btf};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SensorStatus {
+    pub program: String,
+    pub hook: String,
+    pub attached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub struct Sensors {
+    /// Keeps programs and links alive.
+    pub ebpf: Ebpf,
+    pub status: Vec<SensorStatus>,
+    pub events: RingBuf<MapData>,
+    pub stats: PerCpuArray<MapData, u64>,
+    pub offsets: KernelOffsets,
+}
+
+enum Hook {
+    Tracepoint(&'static str, &'static str),
+    Raw(&'static str),
+    Cgroup,
+}
+
+const PROGRAMS: &[(&str, Hook)] = &[
+    ("sched_process_exec", Hook::Tracepoint("sched", "sched_process_exec")),
+    ("sched_process_exit", Hook::Tracepoint("sched", "sched_process_exit")),
+    ("sched_process_fork", Hook::Raw("sched_process_fork")),
+    ("cgroup_mkdir", Hook::Tracepoint("cgroup", "cgroup_mkdir")),
+    ("sys_enter_open", Hook::Tracepoint("syscalls", "sys_enter_open")),
+    ("sys_exit_open", Hook::Tracepoint("syscalls", "sys_exit_open")),
+    ("sys_enter_openat", Hook::Tracepoint("syscalls", "sys_enter_openat")),
+    ("sys_exit_openat", Hook::Tracepoint("syscalls", "sys_exit_openat")),
+    ("sys_enter_openat2", Hook::Tracepoint("syscalls", "sys_enter_openat2")),
+    ("sys_exit_openat2", Hook::Tracepoint("syscalls", "sys_exit_openat2")),
+    ("sys_enter_creat", Hook::Tracepoint("syscalls", "sys_enter_creat")),
+    ("sys_exit_creat", Hook::Tracepoint("syscalls", "sys_exit_creat")),
+    ("inet_sock_set_state", Hook::Tracepoint("sock", "inet_sock_set_state")),
+    ("sys_exit_accept", Hook::Tracepoint("syscalls", "sys_exit_accept")),
+    ("sys_exit_accept4", Hook::Tracepoint("syscalls", "sys_exit_accept4")),
+    ("connect4", Hook::Cgroup),
+    ("connect6", Hook::Cgroup),
+    ("sendmsg4", Hook::Cgroup),
+    ("sendmsg6", Hook::Cgroup),
+];
+
+/// Since 5.11 BPF memory is charged to the memory cgroup; older kernels need
+/// RLIMIT_MEMLOCK raised. Failing to raise it is only worth a warning.
+fn raise_memlock() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to a local rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        warn!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11, which charge BPF memory to the cgroup)");
+    }
+}
+
+fn ensure_tracefs() {
+    if std::path::Path::new("/sys/kernel/tracing/events").exists()
+        || std::path::Path::new("/sys/kernel/debug/tracing/events").exists()
+    {
+        return;
+    }
+    let src = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: NUL-terminated strings; mount(2) validates the rest.
+    let r = unsafe {
+        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+    };
+    if r != 0 {
+        warn!("tracefs is not mounted and mounting it failed: {}", std::io::Error::last_os_error());
+    }
+}
+
+pub fn load(ring_buffer_bytes: u32, cgroup_root: Option<&std::path::Path>) -> anyhow::Result<Sensors> {
+    raise_memlock();
+    ensure_tracefs();
+    let btf = Btf::from_sys().context("reading /sys/kernel/btf/vmlinux (BTF is required)")?;
+    let (offsets, missing) = kernel_offsets(&btf);
+    if !missing.is_empty() {
+        warn!(?missing, "kernel structs lack some fields; the fields that need them are left out");
+    }
+    let agent_tgid = std::process::id();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("AGENT_TGID", &agent_tgid, true)
+        .map_max_entries("EVENTS", ring_buffer_bytes)
+        .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podwatch")))
+        .context("loading the kernel programs")?;
+
+    let cgroup_fd = match cgroup_root {
+        Some(p) => Some(File::open(p).with_context(|| format!("opening {}", p.display()))?),
+        None => None,
+    };
+
+    let mut status = Vec::new();
+    for (name, hook) in PROGRAMS {
+        let (hook_desc, result) = attach(&mut ebpf, name, hook, cgroup_fd.as_ref());
+        match &result {
+            Ok(()) => info!(program = name, hook = %hook_desc, "attached"),
+            Err(e) => warn!(program = name, hook = %hook_desc, "not attached: {e:#}"),
+        }
+        status.push(SensorStatus {
+            program: (*name).to_owned(),
+            hook: hook_desc,
+            attached: result.is_ok(),
+            error: result.err().map(|e| format!("{e:#}")),
+        });
+    }
+    if !status.iter().any(|s| s.program == "sched_process_exec" && s.attached) {
+        bail!("the exec sensor could not attach; nothing to observe");
+    }
+
+    let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+    let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map")?)?;
+    Ok(Sensors { ebpf, status, events, stats, offsets })
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &str,
+    hook: &Hook,
+    cgroup: Option<&File>,
+) -> (String, anyhow::Result<()>) {
+    let desc = match hook {
+        Hook::Tracepoint(c, n) => format!("tracepoint/{c}/{n}"),
+        Hook::Raw(n) => format!("raw_tracepoint/{n}"),
+        Hook::Cgroup => format!("cgroup/{name}"),
+    };
+    let r = (|| -> anyhow::Result<()> {
+        let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?;
+        match hook {
+            Hook::Tracepoint(category, tp) => {
+                let p: &mut TracePoint = prog.try_into()?;
+                p.load()?;
+                p.attach(category, tp)?;
+            }
+            Hook::Raw(tp) => {
+                let p: &mut RawTracePoint = prog.try_into()?;
+                p.load()?;
+                p.attach(tp)?;
+            }
+            Hook::Cgroup => {
+                let fd = cgroup.context("no cgroup2 hierarchy mounted")?;
+                let p: &mut CgroupSockAddr = prog.try_into()?;
+                p.load()?;
+                // bpf_link_create takes no flags: cgroup links always coexist with others.
+                p.attach(fd.as_fd(), CgroupAttachMode::Single)?;
+            }
+        }
+        Ok(())
+    })();
+    (desc, r)
+}

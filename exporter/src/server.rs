@@ -1,0 +1,124 @@
+//! The agent's HTTP listener: `/healthz` (alive), `/readyz` (programs
+//! attached), `/stats` (loss counters and sensor state, JSON) and `/events`
+//! (the live event stream as JSON lines, filtered by `namespace`, `pod` and
+//! `kind` query parameters; what `podwatch events` reads).
+
+use std::{
+    convert::Infallible,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::{body::Frame, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::{net::TcpListener, sync::broadcast};
+use tracing::debug;
+
+use crate::{event::Event, sensors::SensorStatus, stats::AgentStats, view::EventFilter};
+
+pub struct ServerState {
+    pub stats: Arc<AgentStats>,
+    pub ready: AtomicBool,
+    pub events: broadcast::Sender<Arc<Event>>,
+    pub sensors: std::sync::Mutex<Vec<SensorStatus>>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+fn json<T: Serialize>(v: &T) -> Response<Body> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+#[derive(Serialize)]
+struct StatsReply {
+    ready: bool,
+    sensors: Vec<SensorStatus>,
+    stats: crate::stats::StatsSnapshot,
+}
+
+fn event_stream(state: &ServerState, filter: EventFilter) -> Response<Body> {
+    let rx = state.events.subscribe();
+    let stats = state.stats.clone();
+    let stream = futures_util::stream::unfold((rx, filter, stats), |(mut rx, filter, stats)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    if !filter.matches(&ev) {
+                        continue;
+                    }
+                    let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), (rx, filter, stats)));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    stats.stream_lagged.fetch_add(n, Relaxed);
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(Box::pin(stream))));
+    r.headers_mut()
+        .insert("content-type", hyper::header::HeaderValue::from_static("application/x-ndjson"));
+    r
+}
+
+async fn route(state: Arc<ServerState>, req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
+    if req.method() != hyper::Method::GET {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"));
+    }
+    let query = req.uri().query().unwrap_or("");
+    Ok(match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if state.ready.load(Relaxed) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/stats" => json(&StatsReply {
+            ready: state.ready.load(Relaxed),
+            sensors: state.sensors.lock().map(|s| s.clone()).unwrap_or_default(),
+            stats: state.stats.snapshot(),
+        }),
+        "/events" => match EventFilter::from_query(query) {
+            Ok(f) => event_stream(&state, f),
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        },
+        _ => text(StatusCode::NOT_FOUND, "try /healthz, /readyz, /stats or /events\n"),
+    })
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!("accept: {e}");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| route(state.clone(), req));
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+                debug!(%peer, "http connection: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs everything podwatch needs to build and test on a fresh Debian 12 machine.
+# Idempotent: every step checks first, so a second run takes a few seconds.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# --- Debian packages -------------------------------------------------------
+# llvm-22 + friends: bpf-linker links against the same LLVM as the nightly rustc.
+# bpftool/bpftrace: cross-checks and feature probing. prometheus: real scraper for tests.
+APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev
+          bpftool pkg-config build-essential prometheus python3)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian prometheus package starts a system service; tests run their own instance.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
+# --- Rust toolchains ----------------------------------------------------------
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "rustup toolchain install nightly"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "rustup component add rust-src --toolchain nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+# --- bpf-linker -----------------------------------------------------------------
+BPF_LINKER_VERSION=0.13
+if ! bpf-linker --version 2>/dev/null | grep -q "bpf-linker $BPF_LINKER_VERSION"; then
+  log "cargo install bpf-linker $BPF_LINKER_VERSION (about a minute)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --locked --version "~$BPF_LINKER_VERSION" \
+    --no-default-features --features llvm-22
+fi
+
+# --- kernel filesystems -------------------------------------------------------
+mountpoint -q /sys/kernel/tracing 2>/dev/null || \
+  $SUDO mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || log "warning: could not mount tracefs"
+mountpoint -q /sys/fs/bpf 2>/dev/null || \
+  $SUDO mount -t bpf bpf /sys/fs/bpf 2>/dev/null || log "warning: could not mount bpffs"
+
+log "ready"
