@@ -210,8 +210,9 @@ pub struct KernelOffsets {
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
     pub sk_err: u32,
+    pub sk_shutdown: u32,
     pub tcp_bytes_received: u32,
-    pub tcp_bytes_acked: u32,
+    pub tcp_bytes_sent: u32,
 }
 
 /// `KernelOffsets::available` bits.
@@ -226,7 +227,7 @@ pub mod offsets {
     pub const ARGS: u32 = 1 << 3;
     /// socket and sock_common: accepted socket addresses.
     pub const SOCK: u32 = 1 << 4;
-    /// tcp_sock byte counters and sk_err.
+    /// tcp_sock byte counters, sk_err and sk_shutdown.
     pub const TCP_STATS: u32 = 1 << 5;
 }
 

@@ -46,8 +46,9 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
     sk_err: 0,
+    sk_shutdown: 0,
     tcp_bytes_received: 0,
-    tcp_bytes_acked: 0,
+    tcp_bytes_sent: 0,
 };
 
 /// Reads one offset. Volatile so the compiler cannot fold the zero initialiser;

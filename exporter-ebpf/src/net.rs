@@ -37,6 +37,7 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 const SOCK_DGRAM: u32 = 2;
+const RCV_SHUTDOWN: u8 = 1;
 
 // sock:inet_sock_set_state field offsets.
 const SK_SKADDR: usize = 8;
@@ -125,8 +126,16 @@ fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
             p.result = -err;
         }
         if record_kind == kind::TCP_CLOSE {
-            p.bytes_sent = read(sk, off!(tcp_bytes_acked)).unwrap_or(0);
-            p.bytes_received = read(sk, off!(tcp_bytes_received)).unwrap_or(0);
+            // bytes_sent: payload bytes handed to IP, retransmissions included
+            // (bytes_acked would count the SYN and FIN sequence numbers too).
+            p.bytes_sent = read(sk, off!(tcp_bytes_sent)).unwrap_or(0);
+            // bytes_received advances with rcv_nxt, which the peer's FIN moves by
+            // one; RCV_SHUTDOWN says that FIN arrived (tcp_done has not yet set
+            // SHUTDOWN_MASK when this tracepoint fires).
+            let received: u64 = read(sk, off!(tcp_bytes_received)).unwrap_or(0);
+            let shutdown: u8 = read(sk, off!(sk_shutdown)).unwrap_or(0);
+            let fin = (shutdown & RCV_SHUTDOWN != 0) as u64;
+            p.bytes_received = received.saturating_sub(fin);
         }
     } else if new == TCP_CLOSE && old == TCP_SYN_SENT {
         p.result = -111; // ECONNREFUSED: the most likely cause; exact errno needs sk_err

@@ -263,8 +263,9 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
     })();
     let tcp = (|| {
         o.sk_err = get("sock", "sk_err")?;
+        o.sk_shutdown = get("sock", "sk_shutdown")?;
         o.tcp_bytes_received = get("tcp_sock", "bytes_received")?;
-        o.tcp_bytes_acked = get("tcp_sock", "bytes_acked")?;
+        o.tcp_bytes_sent = get("tcp_sock", "bytes_sent")?;
         Some(())
     })();
     for (found, bit) in [
@@ -300,17 +301,17 @@ mod tests {
         push(0);
         push((KIND_UNION << 24) | 2);
         push(4);
-        push(11); // "b"
+        push(13); // "b"
         push(1);
         push(0);
-        push(13); // "c"
+        push(15); // "c"
         push(1);
         push(0);
         // 3: struct outer { a @0, <anon> @32 bits }
         push(5); // "outer"
         push((KIND_STRUCT << 24) | 2);
         push(8);
-        push(9); // "a"
+        push(11); // "a"
         push(1);
         push(0);
         push(0); // anonymous

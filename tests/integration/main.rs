@@ -1,1 +1,16 @@
+//! End-to-end tests: they start the real `podwatch` binary (which loads the
+//! real kernel programs), run real processes, some of them in kubelet-shaped
+//! cgroups, make real connections, and check the events that come out.
+//!
+//! They need root. Without it each test prints why it is skipped; with
+//! `PODWATCH_REQUIRE_PRIVILEGED=1` (set by scripts/test.sh in CI) a missing root
+//! is a failure instead, so CI can never skip them silently.
 
+mod harness;
+
+mod cli;
+mod exec;
+mod file;
+mod load;
+mod network;
+mod pods;

@@ -1,0 +1,300 @@
+//! Test harness: the agent as a child process, fake pods as cgroups, and
+//! helpers to run commands inside them.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use podwatch::event::Event;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_podwatch");
+
+/// Returns false (and says why) when the test cannot run here.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("PODWATCH_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+        panic!("PODWATCH_REQUIRE_PRIVILEGED=1 but not running as root");
+    }
+    eprintln!("skipped: needs root to load eBPF programs (run scripts/test.sh as root)");
+    false
+}
+
+macro_rules! require_root {
+    () => {
+        if !$crate::harness::privileged() {
+            return;
+        }
+    };
+}
+pub(crate) use require_root;
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A running agent whose stdout events are collected.
+pub struct Agent {
+    child: Child,
+    pub addr: String,
+    events: Arc<(Mutex<Vec<Event>>, Condvar)>,
+    bad_lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    pub fn start() -> Agent {
+        Agent::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Agent {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(BIN)
+            .args(["run", "--listen", &addr, "--log-level", "warn"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn podwatch");
+        let stdout = child.stdout.take().expect("stdout");
+        let events = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let bad_lines = Arc::new(Mutex::new(Vec::new()));
+        {
+            let events = events.clone();
+            let bad = bad_lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    match serde_json::from_str::<Event>(&line) {
+                        Ok(ev) => {
+                            let (lock, cv) = &*events;
+                            lock.lock().expect("lock").push(ev);
+                            cv.notify_all();
+                        }
+                        Err(e) => bad.lock().expect("lock").push(format!("{e}: {line}")),
+                    }
+                }
+            });
+        }
+        let agent = Agent { child, addr, events, bad_lines };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = http_get(&self.addr, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agent at {} not ready within 90 s", self.addr);
+    }
+
+    /// Waits until `pred` holds for at least `n` events; returns the matches.
+    pub fn wait_n(&self, n: usize, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.events;
+        let mut guard = lock.lock().expect("lock");
+        loop {
+            let found: Vec<Event> = guard.iter().filter(|e| pred(e)).cloned().collect();
+            let now = Instant::now();
+            if found.len() >= n || now >= deadline {
+                return found;
+            }
+            guard = cv.wait_timeout(guard, deadline - now).expect("wait").0;
+        }
+    }
+
+    /// Waits for one matching event, panicking with context if none comes.
+    pub fn expect_one(&self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        let found = self.wait_n(1, Duration::from_secs(20), pred);
+        match found.into_iter().next() {
+            Some(e) => e,
+            None => panic!("no {what} event within 20 s; {} events seen", self.count()),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.events.0.lock().expect("lock").len()
+    }
+
+    /// Lets in-flight events arrive, then returns every match.
+    pub fn settle(&self, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+        std::thread::sleep(Duration::from_millis(1500));
+        self.wait_n(usize::MAX, Duration::ZERO, pred)
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let (code, body) = http_get(&self.addr, "/stats").expect("GET /stats");
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).expect("stats JSON")
+    }
+
+    pub fn bad_lines(&self) -> Vec<String> {
+        self.bad_lines.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP/1.0 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((code, body))
+}
+
+pub fn uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("uuid").trim().to_owned()
+}
+
+pub fn cgroup2_root() -> PathBuf {
+    podwatch::cgroup::cgroup2_mount().expect("a cgroup2 hierarchy is mounted")
+}
+
+/// A pod as kubelet lays it out in cgroup2: the directories are real, so a
+/// process moved into the container's cgroup gets that cgroup's id in the kernel.
+pub struct FakePod {
+    pub uid: String,
+    pub container_id: String,
+    /// The container cgroup, absolute.
+    pub cgroup: PathBuf,
+    created: Vec<PathBuf>,
+}
+
+impl FakePod {
+    /// systemd driver, containerd: kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_>.slice/cri-containerd-<id>.scope
+    pub fn systemd(qos: &str) -> FakePod {
+        let uid = uuid();
+        let id = container_id();
+        let rel = format!(
+            "kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{}.slice/cri-containerd-{id}.scope",
+            uid.replace('-', "_")
+        );
+        FakePod::create(uid, id, &rel)
+    }
+
+    /// cgroupfs driver: kubepods/<qos>/pod<uid>/<id>
+    pub fn cgroupfs(qos: &str) -> FakePod {
+        let uid = uuid();
+        let id = container_id();
+        let rel = format!("kubepods/{qos}/pod{uid}/{id}");
+        FakePod::create(uid, id, &rel)
+    }
+
+    /// A cgroup of no known shape (not a pod).
+    pub fn unknown_shape() -> FakePod {
+        let rel = format!("podwatch-test-{}/odd.scope", uuid());
+        FakePod::create(String::new(), String::new(), &rel)
+    }
+
+    fn create(uid: String, container_id: String, rel: &str) -> FakePod {
+        let root = cgroup2_root();
+        let mut created = Vec::new();
+        let mut dir = root.clone();
+        for part in rel.split('/') {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                created.push(dir.clone());
+            }
+        }
+        FakePod { uid, container_id, cgroup: dir, created }
+    }
+
+    pub fn cgroup_id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.cgroup).expect("cgroup").ino()
+    }
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        // Processes are gone by now; directories go innermost first, and only
+        // the ones this pod created (kubepods.slice may be shared).
+        for dir in self.created.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn container_id() -> String {
+    format!("{}{}", uuid().replace('-', ""), uuid().replace('-', ""))
+}
+
+/// A command that moves itself into `cgroup` (if any) before exec, so its
+/// very first event already carries the cgroup.
+pub fn command_in(cgroup: Option<&Path>, program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some(cg) = cgroup {
+        let procs = std::ffi::CString::new(cg.join("cgroup.procs").as_os_str().as_encoded_bytes())
+            .expect("path");
+        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let r = libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1);
+                libc::close(fd);
+                if r != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
+/// Runs a command to completion: (pid, status).
+pub fn run(mut cmd: Command) -> (u32, ExitStatus) {
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = child.id();
+    let status = child.wait().expect("wait");
+    (pid, status)
+}
+
+pub fn bash_in(cgroup: Option<&Path>, script: &str) -> (u32, ExitStatus) {
+    run(command_in(cgroup, "/bin/bash", &["-c", script]))
+}
+
+pub fn ends_with(s: &Option<String>, suffix: &str) -> bool {
+    s.as_deref().is_some_and(|s| s.ends_with(suffix))
+}

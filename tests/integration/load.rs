@@ -1,0 +1,28 @@
+//! Nothing is lost under a burst of execs.
+
+use std::time::Duration;
+
+use podwatch::event::Kind;
+
+use crate::harness::{bash_in, require_root, Agent, FakePod};
+
+#[test]
+fn a_thousand_execs_all_arrive() {
+    require_root!();
+    let agent = Agent::start();
+    // Its own cgroup tells these execs apart from anything else on the machine.
+    let pod = FakePod::cgroupfs("besteffort");
+    let cg = pod.cgroup_id();
+    let (_, status) = bash_in(Some(&pod.cgroup), "for i in $(seq 1000); do /bin/true; done");
+    assert!(status.success());
+    let is_true = |e: &podwatch::event::Event| {
+        e.kind == Kind::Exec && e.cgroup.id == cg && e.process.binary.as_deref().is_some_and(|b| b.ends_with("/true"))
+    };
+    let got = agent.wait_n(1000, Duration::from_secs(60), is_true).len();
+    assert_eq!(got, 1000, "exec events received");
+    // And no more than 1000 (no duplicates), once everything has settled.
+    assert_eq!(agent.settle(is_true).len(), 1000);
+    let stats = agent.stats();
+    assert_eq!(stats["stats"]["kernel_ringbuf_lost"], 0);
+    assert_eq!(stats["stats"]["output_queue_drops"], 0);
+}
