@@ -19,7 +19,11 @@ fn main() -> anyhow::Result<()> {
         .as_str()
         .to_owned();
     aya_build::build_ebpf(
-        [aya_build::Package { name: "podwatch-ebpf", root_dir: &root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "podwatch-ebpf",
+            root_dir: &root_dir,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

@@ -213,6 +213,9 @@ pub struct KernelOffsets {
     pub sk_shutdown: u32,
     pub tcp_bytes_received: u32,
     pub tcp_bytes_sent: u32,
+    /// Offset of `group_dead` in the `sched_process_exit` tracepoint record
+    /// (from its format file; the field is recent). 0 = absent.
+    pub tp_exit_group_dead: u32,
 }
 
 /// `KernelOffsets::available` bits.

@@ -100,8 +100,7 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
         let flags: u64 =
             unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
         let mode: u64 =
-            unsafe { aya_ebpf::helpers::bpf_probe_read_user((how + 8) as *const u64) }
-                .unwrap_or(0);
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user((how + 8) as *const u64) }.unwrap_or(0);
         stash(OpenArgs {
             dfd: field(&ctx, 16)? as i32,
             filename: field(&ctx, 24)?,

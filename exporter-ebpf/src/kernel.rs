@@ -49,6 +49,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     sk_shutdown: 0,
     tcp_bytes_received: 0,
     tcp_bytes_sent: 0,
+    tp_exit_group_dead: 0,
 };
 
 /// Reads one offset. Volatile so the compiler cannot fold the zero initialiser;
@@ -116,26 +117,36 @@ pub fn push_path(rec: &mut Record, dentry: u64, vfsmnt: u64, root: (u64, u64)) -
             reached_root = true;
             break;
         }
-        let Ok(mnt_root) = read::<u64>(vfsmnt, off!(vfsmount_root)) else { break };
+        let Ok(mnt_root) = read::<u64>(vfsmnt, off!(vfsmount_root)) else {
+            break;
+        };
         if dentry == mnt_root {
             // Top of this mount: continue from where it is mounted.
-            let Ok(parent) = read::<u64>(mnt, off!(mount_parent)) else { break };
+            let Ok(parent) = read::<u64>(mnt, off!(mount_parent)) else {
+                break;
+            };
             if parent == mnt {
                 reached_root = true;
                 break;
             }
-            let Ok(mountpoint) = read::<u64>(mnt, off!(mount_mountpoint)) else { break };
+            let Ok(mountpoint) = read::<u64>(mnt, off!(mount_mountpoint)) else {
+                break;
+            };
             dentry = mountpoint;
             mnt = parent;
             vfsmnt = mnt + off!(mount_mnt);
             continue;
         }
-        let Ok(parent) = read::<u64>(dentry, off!(dentry_parent)) else { break };
+        let Ok(parent) = read::<u64>(dentry, off!(dentry_parent)) else {
+            break;
+        };
         if parent == dentry {
             reached_root = true;
             break;
         }
-        let Ok(name) = read::<u64>(dentry, off!(dentry_name) + off!(qstr_name)) else { break };
+        let Ok(name) = read::<u64>(dentry, off!(dentry_name) + off!(qstr_name)) else {
+            break;
+        };
         if rec.push_kernel_str(name, MAX_NAME as u32) == 0 {
             break;
         }
@@ -168,9 +179,15 @@ pub fn push_cwd(rec: &mut Record, task: u64) -> u32 {
     if !has(podwatch_common::offsets::PATHS) {
         return 0;
     }
-    let Ok(fs) = read::<u64>(task, off!(task_fs)) else { return 0 };
-    let Ok(root) = path_at(fs, off!(fs_root)) else { return 0 };
-    let Ok((dentry, mnt)) = path_at(fs, off!(fs_pwd)) else { return 0 };
+    let Ok(fs) = read::<u64>(task, off!(task_fs)) else {
+        return 0;
+    };
+    let Ok(root) = path_at(fs, off!(fs_root)) else {
+        return 0;
+    };
+    let Ok((dentry, mnt)) = path_at(fs, off!(fs_pwd)) else {
+        return 0;
+    };
     push_path(rec, dentry, mnt, root)
 }
 
@@ -197,7 +214,11 @@ pub fn push_fd_path(rec: &mut Record, task: u64, fd: i64) -> u32 {
         return 0;
     }
     let Ok(root) = task_root(task) else { return 0 };
-    let Ok(file) = fd_file(task, fd) else { return 0 };
-    let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else { return 0 };
+    let Ok(file) = fd_file(task, fd) else {
+        return 0;
+    };
+    let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else {
+        return 0;
+    };
     push_path(rec, dentry, mnt, root)
 }

@@ -11,9 +11,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{SockAddrContext, TracePointContext},
 };
-use podwatch_common::{
-    kind, offsets, stat, Net, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
-};
+use podwatch_common::{kind, offsets, stat, Net, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     kernel::{current_task, fd_file, has, off, read},
@@ -79,7 +77,11 @@ fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         if current_is_agent() {
             return Ok(0);
         }
-        let o = SockOwner { owner: Owner::current(), side: kind::TCP_CONNECT, _pad: [0; 3] };
+        let o = SockOwner {
+            owner: Owner::current(),
+            side: kind::TCP_CONNECT,
+            _pad: [0; 3],
+        };
         let _ = SOCK_OWNERS.insert(&sk, &o, 0);
         return Ok(0);
     }
@@ -174,7 +176,11 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     if family != AF_INET && family != AF_INET6 {
         return Ok(0); // unix sockets and friends
     }
-    let o = SockOwner { owner: Owner::current(), side: kind::TCP_ACCEPT, _pad: [0; 3] };
+    let o = SockOwner {
+        owner: Owner::current(),
+        side: kind::TCP_ACCEPT,
+        _pad: [0; 3],
+    };
     let _ = SOCK_OWNERS.insert(&sk, &o, 0);
 
     let mut rec = Record::new(kind::TCP_ACCEPT).ok_or(0u32)?;
@@ -205,7 +211,9 @@ fn udp_dest(ctx: &SockAddrContext, record_kind: u16, family: u16) {
     if sa.type_ != SOCK_DGRAM || current_is_agent() {
         return;
     }
-    let Some(mut rec) = Record::new(record_kind) else { return };
+    let Some(mut rec) = Record::new(record_kind) else {
+        return;
+    };
     let p: &mut Net = rec.payload();
     p.family = family;
     p.protocol = IPPROTO_UDP;

@@ -15,8 +15,6 @@ use crate::{
 
 // sched:sched_process_exec field offsets (stable ABI of the tracepoint format).
 const EXEC_FILENAME_LOC: usize = 8;
-// sched:sched_process_exit
-const EXIT_GROUP_DEAD: usize = 32;
 
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
@@ -72,10 +70,18 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
-    // Only the last thread of a process reports the process's exit.
-    // SAFETY: reading a field of the tracepoint record.
-    let group_dead: u8 = unsafe { ctx.read_at(EXIT_GROUP_DEAD) }.map_err(|_| 0u32)?;
-    if group_dead == 0 {
+    // Only the last thread of a process reports the process's exit. Kernels
+    // whose tracepoint lacks `group_dead` fall back to the thread-group leader.
+    let group_dead_at = off!(tp_exit_group_dead) as usize;
+    let last = if group_dead_at != 0 {
+        // SAFETY: reading a field of the tracepoint record at the offset its format gives.
+        unsafe { ctx.read_at::<u8>(group_dead_at) }.map_err(|_| 0u32)? != 0
+    } else {
+        // SAFETY: helper without arguments.
+        let pid_tgid = unsafe { aya_ebpf::helpers::bpf_get_current_pid_tgid() };
+        pid_tgid as u32 == (pid_tgid >> 32) as u32
+    };
+    if !last {
         return Ok(0);
     }
     let mut rec = Record::new(kind::EXIT).ok_or(0u32)?;

@@ -250,7 +250,11 @@ impl Record {
     #[inline(always)]
     pub fn emit(mut self) {
         let len = self.len();
-        let len = if len > SCRATCH_SIZE { SCRATCH_SIZE } else { len };
+        let len = if len > SCRATCH_SIZE {
+            SCRATCH_SIZE
+        } else {
+            len
+        };
         self.set_len(len);
         // SAFETY: buf holds SCRATCH_SIZE bytes and len <= SCRATCH_SIZE.
         let data = unsafe { core::slice::from_raw_parts(self.buf as *const u8, len) };

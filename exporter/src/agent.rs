@@ -36,13 +36,23 @@ use crate::{
 
 fn poll_kernel_stats(map: &PerCpuArray<MapData, u64>, stats: &AgentStats) {
     let sum = |idx: u32| -> u64 {
-        map.get(&idx, 0).map(|v| v.iter().copied().sum()).unwrap_or(0)
+        map.get(&idx, 0)
+            .map(|v| v.iter().copied().sum())
+            .unwrap_or(0)
     };
-    stats.kernel_ringbuf_lost.store(sum(stat::RINGBUF_LOST), Relaxed);
+    stats
+        .kernel_ringbuf_lost
+        .store(sum(stat::RINGBUF_LOST), Relaxed);
     stats.kernel_records.store(sum(stat::RECORDS), Relaxed);
-    stats.kernel_read_errors.store(sum(stat::READ_ERRORS), Relaxed);
-    stats.kernel_open_stash_misses.store(sum(stat::OPEN_STASH_MISS), Relaxed);
-    stats.kernel_sock_owner_misses.store(sum(stat::SOCK_OWNER_MISS), Relaxed);
+    stats
+        .kernel_read_errors
+        .store(sum(stat::READ_ERRORS), Relaxed);
+    stats
+        .kernel_open_stash_misses
+        .store(sum(stat::OPEN_STASH_MISS), Relaxed);
+    stats
+        .kernel_sock_owner_misses
+        .store(sum(stat::SOCK_OWNER_MISS), Relaxed);
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
@@ -72,8 +82,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut enricher = Enricher::new(cfg.node_name.clone(), procs, cgroups);
 
     let sensors = sensors::load(cfg.ring_buffer_bytes, cgroup_root.as_deref())?;
-    *state.sensors.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sensors.status.clone();
-    let sensors::Sensors { events, stats: kernel_stats, ebpf: _programs, .. } = sensors;
+    *state
+        .sensors
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))? = sensors.status.clone();
+    let sensors::Sensors {
+        events,
+        stats: kernel_stats,
+        ebpf: _programs,
+        ..
+    } = sensors;
 
     let out = output::spawn(cfg.output.clone(), cfg.queue_capacity, stats.clone())?;
 
@@ -88,8 +106,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
 
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns it.
-    let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e))?;
+    let mut ring =
+        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e))?;
     state.ready.store(true, Relaxed);
     info!(node = %cfg.node_name, "ready");
 

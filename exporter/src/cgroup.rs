@@ -27,7 +27,9 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 fn parse_mountinfo_cgroup2(info: &str) -> Option<PathBuf> {
     for line in info.lines() {
         // "36 25 0:31 / /sys/fs/cgroup/unified rw,... shared:10 - cgroup2 cgroup2 rw,..."
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         if right.split_whitespace().next() == Some("cgroup2") {
             let mount_point = left.split_whitespace().nth(4)?;
             return Some(PathBuf::from(mount_point.replace("\\040", " ")));
@@ -92,7 +94,11 @@ pub fn parse_kubelet_path(path: &str) -> Option<PodRef> {
         Some((id, rt)) => (Some(id), rt),
         None => (None, None),
     };
-    Some(PodRef { pod_uid, container_id, runtime })
+    Some(PodRef {
+        pod_uid,
+        container_id,
+        runtime,
+    })
 }
 
 /// Maps cgroup ids to paths relative to the cgroup2 root ("/kubepods.slice/...").
@@ -109,7 +115,12 @@ const REWALK_EVERY: Duration = Duration::from_millis(500);
 
 impl CgroupResolver {
     pub fn new(root: Option<PathBuf>) -> CgroupResolver {
-        let mut r = CgroupResolver { root, paths: HashMap::new(), last_walk: None, misses: 0 };
+        let mut r = CgroupResolver {
+            root,
+            paths: HashMap::new(),
+            last_walk: None,
+            misses: 0,
+        };
         r.walk();
         r
     }
@@ -143,10 +154,14 @@ impl CgroupResolver {
 
     fn walk(&mut self) {
         self.last_walk = Some(Instant::now());
-        let Some(root) = self.root.clone() else { return };
+        let Some(root) = self.root.clone() else {
+            return;
+        };
         let mut stack = vec![(root.clone(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
-            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
             let rel = relative(&root, &dir);
             if self.paths.len() < MAX_ENTRIES {
                 self.paths.insert(meta.ino(), rel);
@@ -154,7 +169,9 @@ impl CgroupResolver {
             if depth >= MAX_DEPTH {
                 continue;
             }
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in entries.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push((e.path(), depth + 1));
@@ -194,7 +211,10 @@ mod tests {
         assert_eq!(r.pod_uid, "0c1d2e3f-4a5b-6c7d-8e9f-a0b1c2d3e4f5");
         assert_eq!(r.runtime, Some("cri-o"));
         let p = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0c1d2e3f_4a5b_6c7d_8e9f_a0b1c2d3e4f5.slice/docker-{ID}.scope");
-        assert_eq!(parse_kubelet_path(&p).expect("parsed").runtime, Some("docker"));
+        assert_eq!(
+            parse_kubelet_path(&p).expect("parsed").runtime,
+            Some("docker")
+        );
     }
 
     #[test]
@@ -205,7 +225,8 @@ mod tests {
         assert_eq!(r.container_id.as_deref(), Some(ID));
         assert_eq!(r.runtime, None);
         // Pod-level cgroup (the pause sandbox's parent): pod known, container not.
-        let r = parse_kubelet_path("/kubepods/pod6b1f0a52-2c3d-4e5f-8a9b-0c1d2e3f4a5b").expect("parsed");
+        let r = parse_kubelet_path("/kubepods/pod6b1f0a52-2c3d-4e5f-8a9b-0c1d2e3f4a5b")
+            .expect("parsed");
         assert_eq!(r.container_id, None);
     }
 
@@ -238,9 +259,16 @@ mod tests {
     #[test]
     fn mountinfo_hybrid_and_unified() {
         let hybrid = "35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid shared:9 - cgroup2 cgroup2 rw\n36 24 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert_eq!(parse_mountinfo_cgroup2(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(parse_mountinfo_cgroup2(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            parse_mountinfo_cgroup2(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified =
+            "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            parse_mountinfo_cgroup2(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         assert_eq!(parse_mountinfo_cgroup2("garbage\n\n - \n"), None);
     }
 }

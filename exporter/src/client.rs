@@ -9,26 +9,38 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::{event::Event, view::{compact, EventFilter}};
+use crate::{
+    event::Event,
+    view::{compact, EventFilter},
+};
 
 pub async fn follow(server: &str, filter: &EventFilter, compact_view: bool) -> anyhow::Result<()> {
-    let stream = TcpStream::connect(server)
-        .await
-        .with_context(|| format!("connecting to the agent at {server} (is `podwatch run` running? see --server)"))?;
+    let stream = TcpStream::connect(server).await.with_context(|| {
+        format!("connecting to the agent at {server} (is `podwatch run` running? see --server)")
+    })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let uri = format!("/events?{}", filter.to_query());
-    let req = Request::get(uri).header("host", server).body(Empty::<bytes::Bytes>::new())?;
+    let req = Request::get(uri)
+        .header("host", server)
+        .body(Empty::<bytes::Bytes>::new())?;
     let mut resp = sender.send_request(req).await?;
     if !resp.status().is_success() {
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         bail!("agent answered {}", String::from_utf8_lossy(&body).trim());
     }
     let mut pending: Vec<u8> = Vec::new();
     let stdout = std::io::stdout();
     while let Some(frame) = resp.body_mut().frame().await {
         let frame = frame.context("reading the event stream")?;
-        let Some(data) = frame.data_ref() else { continue };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         pending.extend_from_slice(data);
         let mut out = stdout.lock();
         while let Some(pos) = pending.iter().position(|&c| c == b'\n') {

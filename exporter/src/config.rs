@@ -156,7 +156,10 @@ impl RunArgs {
                 max_files: self.output_max_files.or(fo.max_files).unwrap_or(5),
             },
         };
-        let ring = self.ring_buffer_bytes.or(file.ring_buffer_bytes).unwrap_or(16 << 20);
+        let ring = self
+            .ring_buffer_bytes
+            .or(file.ring_buffer_bytes)
+            .unwrap_or(16 << 20);
         if !ring.is_power_of_two() || ring < 4096 {
             bail!("ring_buffer_bytes must be a power of two of at least 4096, not {ring}");
         }
@@ -165,7 +168,11 @@ impl RunArgs {
             bail!("queue_capacity must be at least 1");
         }
         Ok(AgentConfig {
-            node_name: self.node_name.clone().or(file.node_name).unwrap_or_else(hostname),
+            node_name: self
+                .node_name
+                .clone()
+                .or(file.node_name)
+                .unwrap_or_else(hostname),
             listen: self
                 .listen
                 .or(file.listen)
@@ -176,7 +183,11 @@ impl RunArgs {
             process_cache_capacity: self.process_cache_capacity.or(fp.capacity).unwrap_or(65536),
             exited_linger: Duration::from_secs(fp.exited_linger_seconds.unwrap_or(30)),
             log_format: self.log_format.or(fl.format).unwrap_or(LogFormat::Text),
-            log_level: self.log_level.clone().or(fl.level).unwrap_or_else(|| "info".to_owned()),
+            log_level: self
+                .log_level
+                .clone()
+                .or(fl.level)
+                .unwrap_or_else(|| "info".to_owned()),
         })
     }
 }
@@ -188,7 +199,10 @@ mod tests {
     fn with_file(yaml: &str) -> (tempfile::NamedTempFile, RunArgs) {
         let mut f = tempfile::NamedTempFile::new().expect("tmp");
         std::io::Write::write_all(&mut f, yaml.as_bytes()).expect("write");
-        let args = RunArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
+        let args = RunArgs {
+            config: Some(f.path().to_path_buf()),
+            ..Default::default()
+        };
         (f, args)
     }
 

@@ -28,7 +28,10 @@ pub struct Enricher {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a local timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -37,7 +40,12 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 impl Enricher {
     pub fn new(node: String, procs: ProcessCache, cgroups: CgroupResolver) -> Enricher {
         let boot_to_unix_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
-        Enricher { node, procs, cgroups, boot_to_unix_ns }
+        Enricher {
+            node,
+            procs,
+            cgroups,
+            boot_to_unix_ns,
+        }
     }
 
     fn time(&self, ktime_ns: u64) -> String {
@@ -85,7 +93,13 @@ impl Enricher {
                 runtime: r.runtime.map(str::to_owned),
             }),
         });
-        (Cgroup { id: cgroup_id, path }, pod)
+        (
+            Cgroup {
+                id: cgroup_id,
+                path,
+            },
+            pod,
+        )
     }
 
     fn base(&mut self, h: &Header, kind: Kind) -> Event {
@@ -112,7 +126,10 @@ impl Enricher {
     pub fn enrich(&mut self, rec: Record) -> Option<Event> {
         let h = rec.header;
         match rec.payload {
-            Payload::Fork { child_tgid, parent_tgid } => {
+            Payload::Fork {
+                child_tgid,
+                parent_tgid,
+            } => {
                 self.procs.on_fork(child_tgid, parent_tgid);
                 None
             }
@@ -120,7 +137,12 @@ impl Enricher {
                 self.cgroups.insert(id, lossless_string(&path));
                 None
             }
-            Payload::Exec { ppid, filename, args, cwd } => {
+            Payload::Exec {
+                ppid,
+                filename,
+                args,
+                cwd,
+            } => {
                 let cwd = cwd.map(|c| lossless_string(&c));
                 let mut binary = lossless_string(&filename);
                 if !binary.starts_with('/') {
@@ -151,14 +173,22 @@ impl Enricher {
                 self.procs.on_exit(h.tgid, Instant::now());
                 Some(ev)
             }
-            Payload::FileOpen { syscall, dfd: _, flags: oflags, mode: _, ret, path, dir } => {
+            Payload::FileOpen {
+                syscall,
+                dfd: _,
+                flags: oflags,
+                mode: _,
+                ret,
+                path,
+                dir,
+            } => {
                 let raw = lossless_string(&path);
                 let abs = if raw.starts_with('/') {
                     normalize(&raw)
                 } else {
-                    let base = dir.map(|d| lossless_string(&d)).or_else(|| {
-                        self.procs.peek(h.tgid).and_then(|p| p.cwd.clone())
-                    });
+                    let base = dir
+                        .map(|d| lossless_string(&d))
+                        .or_else(|| self.procs.peek(h.tgid).and_then(|p| p.cwd.clone()));
                     match base {
                         Some(b) => normalize(&format!("{b}/{raw}")),
                         None => raw,
@@ -177,7 +207,11 @@ impl Enricher {
                         _ => "unknown",
                     }
                     .to_owned(),
-                    result: if ret >= 0 { "ok".to_owned() } else { errno_name(-ret) },
+                    result: if ret >= 0 {
+                        "ok".to_owned()
+                    } else {
+                        errno_name(-ret)
+                    },
                     errno: (ret < 0).then_some(-ret),
                     fd: (ret >= 0).then_some(ret),
                     path_truncated: h.flags & (flags::PATH_TRUNCATED | flags::DIR_TRUNCATED) != 0,
@@ -208,19 +242,38 @@ fn addr(family: u16, b: &[u8; 16]) -> String {
 }
 
 fn network(k: u16, n: &Net) -> Network {
-    let local = Endpoint { address: addr(n.family, &n.saddr), port: n.sport };
-    let remote = Endpoint { address: addr(n.family, &n.daddr), port: n.dport };
+    let local = Endpoint {
+        address: addr(n.family, &n.saddr),
+        port: n.sport,
+    };
+    let remote = Endpoint {
+        address: addr(n.family, &n.daddr),
+        port: n.dport,
+    };
     // The record keeps local (s) and remote (d); events orient by who initiated.
     let ingress = k == kind::TCP_ACCEPT || (k == kind::TCP_CLOSE && n.side == kind::TCP_ACCEPT);
-    let (src, dst) = if ingress { (remote, local) } else { (local, remote) };
+    let (src, dst) = if ingress {
+        (remote, local)
+    } else {
+        (local, remote)
+    };
     let close = k == kind::TCP_CLOSE;
     Network {
-        protocol: if n.protocol == IPPROTO_UDP { "udp" } else { "tcp" }.to_owned(),
+        protocol: if n.protocol == IPPROTO_UDP {
+            "udp"
+        } else {
+            "tcp"
+        }
+        .to_owned(),
         family: if n.family == AF_INET6 { "ipv6" } else { "ipv4" }.to_owned(),
         direction: if ingress { "ingress" } else { "egress" }.to_owned(),
         src,
         dst,
-        result: if n.result == 0 { "ok".to_owned() } else { errno_name(-n.result) },
+        result: if n.result == 0 {
+            "ok".to_owned()
+        } else {
+            errno_name(-n.result)
+        },
         bytes_sent: close.then_some(n.bytes_sent),
         bytes_received: close.then_some(n.bytes_received),
     }
@@ -273,7 +326,12 @@ pub fn open_flag_names(f: u64) -> Vec<String> {
         _ => "O_RDWR",
     }
     .to_owned()];
-    out.extend(NAMES.iter().filter(|(bit, _)| f & bit == *bit).map(|(_, n)| (*n).to_owned()));
+    out.extend(
+        NAMES
+            .iter()
+            .filter(|(bit, _)| f & bit == *bit)
+            .map(|(_, n)| (*n).to_owned()),
+    );
     out
 }
 
@@ -317,11 +375,20 @@ mod tests {
 
     #[test]
     fn accept_and_its_close_are_ingress() {
-        let mut n = Net { family: 2, protocol: 6, sport: 8080, dport: 5555, ..Default::default() };
+        let mut n = Net {
+            family: 2,
+            protocol: 6,
+            sport: 8080,
+            dport: 5555,
+            ..Default::default()
+        };
         n.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         n.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
         let a = network(kind::TCP_ACCEPT, &n);
-        assert_eq!((a.direction.as_str(), a.src.port, a.dst.port), ("ingress", 5555, 8080));
+        assert_eq!(
+            (a.direction.as_str(), a.src.port, a.dst.port),
+            ("ingress", 5555, 8080)
+        );
         assert_eq!(a.src.address, "127.0.0.2");
         n.side = kind::TCP_ACCEPT;
         let c = network(kind::TCP_CLOSE, &n);
@@ -329,7 +396,10 @@ mod tests {
         assert_eq!(c.bytes_sent, Some(0));
         n.side = kind::TCP_CONNECT;
         let c = network(kind::TCP_CONNECT, &n);
-        assert_eq!((c.direction.as_str(), c.src.port, c.dst.port), ("egress", 8080, 5555));
+        assert_eq!(
+            (c.direction.as_str(), c.src.port, c.dst.port),
+            ("egress", 8080, 5555)
+        );
         assert_eq!(c.bytes_sent, None);
     }
 }

@@ -36,7 +36,11 @@ impl ProcessCache {
         ProcessCache::with_proc_root(capacity, linger, "/proc")
     }
 
-    pub fn with_proc_root(capacity: usize, linger: Duration, root: impl AsRef<Path>) -> ProcessCache {
+    pub fn with_proc_root(
+        capacity: usize,
+        linger: Duration,
+        root: impl AsRef<Path>,
+    ) -> ProcessCache {
         ProcessCache {
             map: HashMap::new(),
             exited: VecDeque::new(),
@@ -58,7 +62,9 @@ impl ProcessCache {
 
     /// Reads every process in /proc. Returns how many were loaded.
     pub fn seed(&mut self) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.proc_root) else { return 0 };
+        let Ok(entries) = std::fs::read_dir(&self.proc_root) else {
+            return 0;
+        };
         let mut n = 0;
         for e in entries.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -157,7 +163,13 @@ fn read_proc(root: &Path, pid: u32) -> Option<ProcessInfo> {
         use std::os::unix::ffi::OsStrExt;
         lossless_string(p.as_os_str().as_bytes())
     });
-    Some(ProcessInfo { ppid, binary, args, args_truncated: false, cwd })
+    Some(ProcessInfo {
+        ppid,
+        binary,
+        args,
+        args_truncated: false,
+        cwd,
+    })
 }
 
 #[cfg(test)]
@@ -165,7 +177,10 @@ mod tests {
     use super::*;
 
     fn info(b: &str) -> ProcessInfo {
-        ProcessInfo { binary: Some(b.into()), ..Default::default() }
+        ProcessInfo {
+            binary: Some(b.into()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -183,10 +198,16 @@ mod tests {
         let mut c = ProcessCache::with_proc_root(100, Duration::from_secs(30), "/nonexistent");
         c.on_exec(10, info("/bin/bash"));
         c.on_fork(11, 10);
-        assert_eq!(c.peek(11).and_then(|p| p.binary.as_deref()), Some("/bin/bash"));
+        assert_eq!(
+            c.peek(11).and_then(|p| p.binary.as_deref()),
+            Some("/bin/bash")
+        );
         assert_eq!(c.peek(11).map(|p| p.ppid), Some(10));
         c.on_exec(11, info("/bin/cat"));
-        assert_eq!(c.peek(11).and_then(|p| p.binary.as_deref()), Some("/bin/cat"));
+        assert_eq!(
+            c.peek(11).and_then(|p| p.binary.as_deref()),
+            Some("/bin/cat")
+        );
     }
 
     #[test]

@@ -41,21 +41,60 @@ enum Hook {
 }
 
 const PROGRAMS: &[(&str, Hook)] = &[
-    ("sched_process_exec", Hook::Tracepoint("sched", "sched_process_exec")),
-    ("sched_process_exit", Hook::Tracepoint("sched", "sched_process_exit")),
+    (
+        "sched_process_exec",
+        Hook::Tracepoint("sched", "sched_process_exec"),
+    ),
+    (
+        "sched_process_exit",
+        Hook::Tracepoint("sched", "sched_process_exit"),
+    ),
     ("sched_process_fork", Hook::Raw("sched_process_fork")),
     ("cgroup_mkdir", Hook::Tracepoint("cgroup", "cgroup_mkdir")),
-    ("sys_enter_open", Hook::Tracepoint("syscalls", "sys_enter_open")),
-    ("sys_exit_open", Hook::Tracepoint("syscalls", "sys_exit_open")),
-    ("sys_enter_openat", Hook::Tracepoint("syscalls", "sys_enter_openat")),
-    ("sys_exit_openat", Hook::Tracepoint("syscalls", "sys_exit_openat")),
-    ("sys_enter_openat2", Hook::Tracepoint("syscalls", "sys_enter_openat2")),
-    ("sys_exit_openat2", Hook::Tracepoint("syscalls", "sys_exit_openat2")),
-    ("sys_enter_creat", Hook::Tracepoint("syscalls", "sys_enter_creat")),
-    ("sys_exit_creat", Hook::Tracepoint("syscalls", "sys_exit_creat")),
-    ("inet_sock_set_state", Hook::Tracepoint("sock", "inet_sock_set_state")),
-    ("sys_exit_accept", Hook::Tracepoint("syscalls", "sys_exit_accept")),
-    ("sys_exit_accept4", Hook::Tracepoint("syscalls", "sys_exit_accept4")),
+    (
+        "sys_enter_open",
+        Hook::Tracepoint("syscalls", "sys_enter_open"),
+    ),
+    (
+        "sys_exit_open",
+        Hook::Tracepoint("syscalls", "sys_exit_open"),
+    ),
+    (
+        "sys_enter_openat",
+        Hook::Tracepoint("syscalls", "sys_enter_openat"),
+    ),
+    (
+        "sys_exit_openat",
+        Hook::Tracepoint("syscalls", "sys_exit_openat"),
+    ),
+    (
+        "sys_enter_openat2",
+        Hook::Tracepoint("syscalls", "sys_enter_openat2"),
+    ),
+    (
+        "sys_exit_openat2",
+        Hook::Tracepoint("syscalls", "sys_exit_openat2"),
+    ),
+    (
+        "sys_enter_creat",
+        Hook::Tracepoint("syscalls", "sys_enter_creat"),
+    ),
+    (
+        "sys_exit_creat",
+        Hook::Tracepoint("syscalls", "sys_exit_creat"),
+    ),
+    (
+        "inet_sock_set_state",
+        Hook::Tracepoint("sock", "inet_sock_set_state"),
+    ),
+    (
+        "sys_exit_accept",
+        Hook::Tracepoint("syscalls", "sys_exit_accept"),
+    ),
+    (
+        "sys_exit_accept4",
+        Hook::Tracepoint("syscalls", "sys_exit_accept4"),
+    ),
     ("connect4", Hook::Cgroup),
     ("connect6", Hook::Cgroup),
     ("sendmsg4", Hook::Cgroup),
@@ -65,7 +104,10 @@ const PROGRAMS: &[(&str, Hook)] = &[
 /// Since 5.11 BPF memory is charged to the memory cgroup; older kernels need
 /// RLIMIT_MEMLOCK raised. Failing to raise it is only worth a warning.
 fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: valid pointer to a local rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         warn!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11, which charge BPF memory to the cgroup)");
@@ -82,27 +124,51 @@ fn ensure_tracefs() {
     let target = c"/sys/kernel/tracing";
     // SAFETY: NUL-terminated strings; mount(2) validates the rest.
     let r = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if r != 0 {
-        warn!("tracefs is not mounted and mounting it failed: {}", std::io::Error::last_os_error());
+        warn!(
+            "tracefs is not mounted and mounting it failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
-pub fn load(ring_buffer_bytes: u32, cgroup_root: Option<&std::path::Path>) -> anyhow::Result<Sensors> {
+pub fn load(
+    ring_buffer_bytes: u32,
+    cgroup_root: Option<&std::path::Path>,
+) -> anyhow::Result<Sensors> {
     raise_memlock();
     ensure_tracefs();
     let btf = Btf::from_sys().context("reading /sys/kernel/btf/vmlinux (BTF is required)")?;
     let (offsets, missing) = kernel_offsets(&btf);
     if !missing.is_empty() {
-        warn!(?missing, "kernel structs lack some fields; the fields that need them are left out");
+        warn!(
+            ?missing,
+            "kernel structs lack some fields; the fields that need them are left out"
+        );
+    }
+    let mut offsets = offsets;
+    offsets.tp_exit_group_dead =
+        tracepoint_field_offset("sched", "sched_process_exit", "group_dead").unwrap_or(0);
+    if offsets.tp_exit_group_dead == 0 {
+        warn!("sched_process_exit has no group_dead field: a process's exit is reported when its main thread exits");
     }
     let agent_tgid = std::process::id();
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
         .override_global("AGENT_TGID", &agent_tgid, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)
-        .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podwatch")))
+        .load(aya::include_bytes_aligned!(concat!(
+            env!("OUT_DIR"),
+            "/podwatch"
+        )))
         .context("loading the kernel programs")?;
 
     let cgroup_fd = match cgroup_root {
@@ -124,13 +190,46 @@ pub fn load(ring_buffer_bytes: u32, cgroup_root: Option<&std::path::Path>) -> an
             error: result.err().map(|e| format!("{e:#}")),
         });
     }
-    if !status.iter().any(|s| s.program == "sched_process_exec" && s.attached) {
+    if !status
+        .iter()
+        .any(|s| s.program == "sched_process_exec" && s.attached)
+    {
         bail!("the exec sensor could not attach; nothing to observe");
     }
 
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
     let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map")?)?;
-    Ok(Sensors { ebpf, status, events, stats, offsets })
+    Ok(Sensors {
+        ebpf,
+        status,
+        events,
+        stats,
+        offsets,
+    })
+}
+
+/// A field's offset in a tracepoint record, from tracefs's format file.
+fn tracepoint_field_offset(category: &str, event: &str, field: &str) -> Option<u32> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| {
+            let text =
+                std::fs::read_to_string(format!("{root}/events/{category}/{event}/format")).ok()?;
+            parse_format_offset(&text, field)
+        })
+}
+
+/// `\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;` → 32
+fn parse_format_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';');
+        let decl = parts.next()?.strip_prefix("field:")?;
+        let name = decl.rsplit([' ', '*']).next()?;
+        if name != field {
+            return None;
+        }
+        parts.next()?.trim().strip_prefix("offset:")?.parse().ok()
+    })
 }
 
 fn attach(
@@ -145,7 +244,9 @@ fn attach(
         Hook::Cgroup => format!("cgroup/{name}"),
     };
     let r = (|| -> anyhow::Result<()> {
-        let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?;
+        let prog = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?;
         match hook {
             Hook::Tracepoint(category, tp) => {
                 let p: &mut TracePoint = prog.try_into()?;
@@ -168,4 +269,18 @@ fn attach(
         Ok(())
     })();
     (desc, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_format_offset;
+
+    #[test]
+    fn reads_offsets_from_tracepoint_formats() {
+        let f = "name: sched_process_exit\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
+        assert_eq!(parse_format_offset(f, "group_dead"), Some(32));
+        assert_eq!(parse_format_offset(f, "pid"), Some(24));
+        assert_eq!(parse_format_offset(f, "prio"), None);
+        assert_eq!(parse_format_offset("garbage;;;\nfield:", "pid"), None);
+    }
 }

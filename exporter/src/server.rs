@@ -39,7 +39,10 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 fn json<T: Serialize>(v: &T) -> Response<Body> {
     let body = serde_json::to_vec_pretty(v).unwrap_or_default();
     let mut r = text(StatusCode::OK, body);
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -53,31 +56,40 @@ struct StatsReply {
 fn event_stream(state: &ServerState, filter: EventFilter) -> Response<Body> {
     let rx = state.events.subscribe();
     let stats = state.stats.clone();
-    let stream = futures_util::stream::unfold((rx, filter, stats), |(mut rx, filter, stats)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    if !filter.matches(&ev) {
-                        continue;
+    let stream =
+        futures_util::stream::unfold((rx, filter, stats), |(mut rx, filter, stats)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        if !filter.matches(&ev) {
+                            continue;
+                        }
+                        let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
+                        line.push(b'\n');
+                        return Some((
+                            Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                            (rx, filter, stats),
+                        ));
                     }
-                    let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
-                    line.push(b'\n');
-                    return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), (rx, filter, stats)));
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        stats.stream_lagged.fetch_add(n, Relaxed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    stats.stream_lagged.fetch_add(n, Relaxed);
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
             }
-        }
-    });
+        });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(Box::pin(stream))));
-    r.headers_mut()
-        .insert("content-type", hyper::header::HeaderValue::from_static("application/x-ndjson"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/x-ndjson"),
+    );
     r
 }
 
-async fn route(state: Arc<ServerState>, req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(
+    state: Arc<ServerState>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, Infallible> {
     if req.method() != hyper::Method::GET {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"));
     }
@@ -100,7 +112,10 @@ async fn route(state: Arc<ServerState>, req: Request<hyper::body::Incoming>) -> 
             Ok(f) => event_stream(&state, f),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         },
-        _ => text(StatusCode::NOT_FOUND, "try /healthz, /readyz, /stats or /events\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try /healthz, /readyz, /stats or /events\n",
+        ),
     })
 }
 
@@ -116,7 +131,10 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| route(state.clone(), req));
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 debug!(%peer, "http connection: {e}");
             }
         });

@@ -84,7 +84,12 @@ impl Agent {
                 }
             });
         }
-        let agent = Agent { child, addr, events, bad_lines };
+        let agent = Agent {
+            child,
+            addr,
+            events,
+            bad_lines,
+        };
         agent.wait_ready();
         agent
     }
@@ -168,13 +173,23 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
 pub fn uuid() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("uuid").trim().to_owned()
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .expect("uuid")
+        .trim()
+        .to_owned()
 }
 
 pub fn cgroup2_root() -> PathBuf {
@@ -224,11 +239,17 @@ impl FakePod {
         for part in rel.split('/') {
             dir.push(part);
             if !dir.exists() {
-                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                std::fs::create_dir(&dir)
+                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
                 created.push(dir.clone());
             }
         }
-        FakePod { uid, container_id, cgroup: dir, created }
+        FakePod {
+            uid,
+            container_id,
+            cgroup: dir,
+            created,
+        }
     }
 
     pub fn cgroup_id(&self) -> u64 {

@@ -13,10 +13,18 @@ fn a_thousand_execs_all_arrive() {
     // Its own cgroup tells these execs apart from anything else on the machine.
     let pod = FakePod::cgroupfs("besteffort");
     let cg = pod.cgroup_id();
-    let (_, status) = bash_in(Some(&pod.cgroup), "for i in $(seq 1000); do /bin/true; done");
+    let (_, status) = bash_in(
+        Some(&pod.cgroup),
+        "for i in $(seq 1000); do /bin/true; done",
+    );
     assert!(status.success());
     let is_true = |e: &podwatch::event::Event| {
-        e.kind == Kind::Exec && e.cgroup.id == cg && e.process.binary.as_deref().is_some_and(|b| b.ends_with("/true"))
+        e.kind == Kind::Exec
+            && e.cgroup.id == cg
+            && e.process
+                .binary
+                .as_deref()
+                .is_some_and(|b| b.ends_with("/true"))
     };
     let got = agent.wait_n(1000, Duration::from_secs(60), is_true).len();
     assert_eq!(got, 1000, "exec events received");
