@@ -20,4 +20,13 @@ cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 # Two at a time: each integration test runs its own agent, and every agent sees
 # every process on the machine.
-cargo test --quiet -- --test-threads 2
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --quiet -- --test-threads 2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"

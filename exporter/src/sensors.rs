@@ -12,7 +12,7 @@ use aya::{
 };
 use podwatch_common::KernelOffsets;
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::btf::{kernel_offsets, Btf};
 
@@ -110,7 +110,22 @@ fn raise_memlock() {
     };
     // SAFETY: valid pointer to a local rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        warn!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11, which charge BPF memory to the cgroup)");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut v = release
+            .trim()
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (5, 11) {
+            warn!(
+                "could not raise RLIMIT_MEMLOCK; loading may fail on this kernel ({})",
+                release.trim()
+            );
+        } else {
+            debug!(
+                "RLIMIT_MEMLOCK not raised; kernel {} charges BPF memory to the cgroup",
+                release.trim()
+            );
+        }
     }
 }
 
