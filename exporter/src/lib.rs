@@ -12,6 +12,7 @@ pub mod config;
 pub mod decode;
 pub mod enrich;
 pub mod event;
+pub mod metadata;
 pub mod output;
 pub mod proc_cache;
 pub mod sensors;

@@ -1,0 +1,1 @@
+//! Kubernetes API pod source (to be written).

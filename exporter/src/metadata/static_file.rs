@@ -1,0 +1,1 @@
+//! Static file pod source (to be written).
