@@ -4,10 +4,8 @@ use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
 
 fn main() -> anyhow::Result<()> {
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let cargo_metadata::Metadata { packages, .. } =
+        cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = packages
         .into_iter()
         .find(|p| p.name.as_str() == "podwatch-ebpf")
@@ -19,11 +17,7 @@ fn main() -> anyhow::Result<()> {
         .as_str()
         .to_owned();
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "podwatch-ebpf",
-            root_dir: &root_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "podwatch-ebpf", root_dir: &root_dir, ..Default::default() }],
         Toolchain::default(),
     )
 }

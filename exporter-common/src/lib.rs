@@ -69,7 +69,115 @@ pub mod stat {
     pub const READ_ERRORS: u32 = 3;
     /// Records emitted (successfully written to the ring buffer).
     pub const RECORDS: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Per-pod counter entries that could not be created: the COUNTERS map is full.
+    pub const COUNTER_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// What a `CounterKey` counts. Counters live in the kernel and are updated in
+/// every probe whether or not a record is sent, so they stay exact when the
+/// ring buffer or an output overflows.
+pub mod counter {
+    pub const EXEC: u16 = 1;
+    pub const EXIT: u16 = 2;
+    pub const FILE: u16 = 3;
+    pub const CONNECT: u16 = 4;
+    pub const ACCEPT: u16 = 5;
+    pub const CLOSE: u16 = 6;
+    pub const SEND: u16 = 7;
+    /// Records of this cgroup the ring buffer could not take; `op` is the record kind.
+    pub const LOST: u16 = 8;
+}
+
+/// File operations, from open flags (`file_op`).
+pub mod file_op {
+    pub const READ: u8 = 0;
+    pub const WRITE: u8 = 1;
+    pub const CREATE: u8 = 2;
+    pub const TRUNCATE: u8 = 3;
+    /// O_PATH: names a file without reading or writing it.
+    pub const OPEN: u8 = 4;
+}
+
+/// Policy actions (`CounterKey::action`).
+pub mod action {
+    pub const NONE: u8 = 0;
+    pub const COUNT: u8 = 1;
+    pub const LOG: u8 = 2;
+    pub const KILL: u8 = 3;
+    pub const DENY: u8 = 4;
+}
+
+pub const DIRECTION_EGRESS: u8 = 0;
+pub const DIRECTION_INGRESS: u8 = 1;
+
+/// One word for what an open is about to do: create beats truncate beats
+/// write beats read. Shared by the kernel counters and the events.
+pub const fn file_op(flags: u64) -> u8 {
+    const O_ACCMODE: u64 = 0o3;
+    const O_CREAT: u64 = 0o100;
+    const O_TRUNC: u64 = 0o1000;
+    const O_PATH: u64 = 0o10000000;
+    if flags & O_PATH != 0 {
+        file_op::OPEN
+    } else if flags & O_CREAT != 0 {
+        file_op::CREATE
+    } else if flags & O_TRUNC != 0 {
+        file_op::TRUNCATE
+    } else if flags & O_ACCMODE != 0 {
+        file_op::WRITE
+    } else {
+        file_op::READ
+    }
+}
+
+/// Key of the in-kernel per-cgroup counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    pub cgroup_id: u64,
+    /// FNV-1a of the exec'd path (first `HASHED_PATH` bytes) when counting execs
+    /// per binary is on; 0 otherwise and for other kinds.
+    pub binary: u64,
+    /// One of `counter::*`.
+    pub kind: u16,
+    /// Policy rule that matched; 0 = none.
+    pub rule: u16,
+    /// File: `file_op::*`. Network: IP protocol. LOST: record kind.
+    pub op: u8,
+    /// 0 = succeeded, 1 = failed (open/connect errno; exit by signal).
+    pub outcome: u8,
+    /// Policy action taken; 0 = none.
+    pub action: u8,
+    /// `DIRECTION_*` for network counters.
+    pub direction: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    pub events: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+pub const FNV_OFFSET: u64 = 0xcbf29ce484222325;
+pub const FNV_PRIME: u64 = 0x100000001b3;
+/// Bytes of an exec path that go into its hash.
+pub const HASHED_PATH: usize = 256;
+
+/// FNV-1a over at most `HASHED_PATH` bytes, stopping at a NUL: the same as the
+/// kernel's loop over the exec filename.
+pub fn path_hash(path: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    for &b in path.iter().take(HASHED_PATH) {
+        if b == 0 {
+            break;
+        }
+        h ^= b as u64;
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
 }
 
 pub const AF_INET: u16 = 2;
@@ -239,6 +347,10 @@ mod user {
     use super::*;
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding-dependent invariants.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CounterKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CounterValue {}
 }
 
 /// Fixed part of a record of each kind: header + payload.
@@ -248,11 +360,9 @@ pub const fn fixed_len(kind: u16) -> usize {
         kind::EXIT => core::mem::size_of::<Exit>(),
         kind::FORK => core::mem::size_of::<Fork>(),
         kind::FILE_OPEN => core::mem::size_of::<FileOpen>(),
-        kind::TCP_CONNECT
-        | kind::TCP_ACCEPT
-        | kind::TCP_CLOSE
-        | kind::UDP_CONNECT
-        | kind::UDP_SEND => core::mem::size_of::<Net>(),
+        kind::TCP_CONNECT | kind::TCP_ACCEPT | kind::TCP_CLOSE | kind::UDP_CONNECT | kind::UDP_SEND => {
+            core::mem::size_of::<Net>()
+        }
         kind::CGROUP_MKDIR => core::mem::size_of::<CgroupMkdir>(),
         _ => 0,
     };
@@ -260,5 +370,6 @@ pub const fn fixed_len(kind: u16) -> usize {
 }
 
 const _: () = assert!(core::mem::size_of::<Header>() == 56);
+const _: () = assert!(core::mem::size_of::<CounterKey>() == 24);
 const _: () = assert!(SCRATCH_SIZE <= 32768);
 const _: () = assert!(MAX_RECORD.is_power_of_two());

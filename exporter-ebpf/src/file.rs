@@ -13,9 +13,10 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use podwatch_common::{kind, open_syscall, stat, FileOpen, AT_FDCWD};
+use podwatch_common::{counter, file_op, kind, open_syscall, stat, FileOpen, AT_FDCWD};
 
 use crate::{
+    counters,
     kernel::{current_task, push_cwd, push_fd_path},
     record::{count, current_is_agent, Record},
 };
@@ -97,8 +98,7 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
         let how = field(&ctx, 32)?;
         // struct open_how { u64 flags; u64 mode; u64 resolve; }
         // SAFETY: user pointer read through the checked helper.
-        let flags: u64 =
-            unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
+        let flags: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
         let mode: u64 =
             unsafe { aya_ebpf::helpers::bpf_probe_read_user((how + 8) as *const u64) }.unwrap_or(0);
         stash(OpenArgs {
@@ -175,6 +175,9 @@ fn try_exit_open(ctx: &TracePointContext) -> Result<u32, u32> {
     let ret = field(ctx, 16)? as i64;
 
     let mut rec = Record::new(kind::FILE_OPEN).ok_or(0u32)?;
+    let failed = (ret < 0) as u8;
+    let op = file_op(args.flags);
+    counters::add(&counters::key(rec.header().cgroup_id, counter::FILE, op, failed, 0), 0, 0);
     let path_start = rec.len();
     let path_len = rec.push_user_str(args.filename);
     let mut dir_len = 0;

@@ -8,6 +8,7 @@
 #![no_main]
 
 mod cgroup;
+mod counters;
 mod file;
 mod kernel;
 mod net;

@@ -11,9 +11,13 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{SockAddrContext, TracePointContext},
 };
-use podwatch_common::{kind, offsets, stat, Net, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use podwatch_common::{
+    counter, kind, offsets, stat, Net, AF_INET, AF_INET6, DIRECTION_EGRESS, DIRECTION_INGRESS, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
 
 use crate::{
+    counters,
     kernel::{current_task, fd_file, has, off, read},
     record::{count, current_is_agent, Owner, Record},
 };
@@ -77,11 +81,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         if current_is_agent() {
             return Ok(0);
         }
-        let o = SockOwner {
-            owner: Owner::current(),
-            side: kind::TCP_CONNECT,
-            _pad: [0; 3],
-        };
+        let o = SockOwner { owner: Owner::current(), side: kind::TCP_CONNECT, _pad: [0; 3] };
         let _ = SOCK_OWNERS.insert(&sk, &o, 0);
         return Ok(0);
     }
@@ -143,6 +143,15 @@ fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         p.result = -111; // ECONNREFUSED: the most likely cause; exact errno needs sk_err
     }
     p.side = owner.side;
+    let direction = if owner.side == kind::TCP_ACCEPT { DIRECTION_INGRESS } else { DIRECTION_EGRESS };
+    let (counter_kind, outcome) = if record_kind == kind::TCP_CONNECT {
+        (counter::CONNECT, (p.result != 0) as u8)
+    } else {
+        (counter::CLOSE, 0)
+    };
+    let (sent, received) = (p.bytes_sent, p.bytes_received);
+    let k = counters::key(owner.owner.cgroup_id, counter_kind, IPPROTO_TCP as u8, outcome, direction);
+    counters::add(&k, sent, received);
     rec.emit();
     Ok(0)
 }
@@ -176,11 +185,7 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     if family != AF_INET && family != AF_INET6 {
         return Ok(0); // unix sockets and friends
     }
-    let o = SockOwner {
-        owner: Owner::current(),
-        side: kind::TCP_ACCEPT,
-        _pad: [0; 3],
-    };
+    let o = SockOwner { owner: Owner::current(), side: kind::TCP_ACCEPT, _pad: [0; 3] };
     let _ = SOCK_OWNERS.insert(&sk, &o, 0);
 
     let mut rec = Record::new(kind::TCP_ACCEPT).ok_or(0u32)?;
@@ -199,6 +204,8 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
         p.daddr[..4].copy_from_slice(&d);
     }
     p.side = kind::TCP_ACCEPT;
+    let k = counters::key(rec.header().cgroup_id, counter::ACCEPT, IPPROTO_TCP as u8, 0, DIRECTION_INGRESS);
+    counters::add(&k, 0, 0);
     rec.emit();
     Ok(0)
 }

@@ -6,9 +6,12 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
     EbpfContext,
 };
-use podwatch_common::{flags, kind, offsets, Exec, Exit, Fork, MAX_STR};
+use podwatch_common::{
+    counter, flags, kind, offsets, Exec, Exit, Fork, FNV_OFFSET, FNV_PRIME, HASHED_PATH, MAX_STR,
+};
 
 use crate::{
+    counters,
     kernel::{current_task, has, off, parent_tgid, push_cwd, read},
     record::{current_is_agent, Record},
 };
@@ -31,7 +34,23 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: reading a field of the tracepoint record.
     let loc: u32 = unsafe { ctx.read_at(EXEC_FILENAME_LOC) }.map_err(|_| 0u32)?;
     let filename = ctx.as_ptr() as u64 + (loc & 0xffff) as u64;
+    let filename_start = rec.len();
     let filename_len = rec.push_kernel_str(filename, MAX_STR as u32);
+
+    let mut key = counters::key(rec.header().cgroup_id, counter::EXEC, 0, 0, 0);
+    if counters::by_binary() {
+        let mut h = FNV_OFFSET;
+        for i in 0..HASHED_PATH {
+            let b = rec.byte_at(filename_start + i);
+            if b == 0 {
+                break;
+            }
+            h ^= b as u64;
+            h = h.wrapping_mul(FNV_PRIME);
+        }
+        key.binary = h;
+    }
+    counters::add(&key, 0, 0);
 
     let mut ppid = 0;
     let mut args_len = 0;
@@ -77,19 +96,17 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         // SAFETY: reading a field of the tracepoint record at the offset its format gives.
         unsafe { ctx.read_at::<u8>(group_dead_at) }.map_err(|_| 0u32)? != 0
     } else {
-        // SAFETY: helper without arguments.
-        let pid_tgid = unsafe { aya_ebpf::helpers::bpf_get_current_pid_tgid() };
+        let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
         pid_tgid as u32 == (pid_tgid >> 32) as u32
     };
     if !last {
         return Ok(0);
     }
     let mut rec = Record::new(kind::EXIT).ok_or(0u32)?;
-    let code = if has(offsets::TASK) {
-        read::<u32>(current_task(), off!(task_exit_code)).unwrap_or(0)
-    } else {
-        0
-    };
+    let code =
+        if has(offsets::TASK) { read::<u32>(current_task(), off!(task_exit_code)).unwrap_or(0) } else { 0 };
+    let signaled = (code & 0x7f != 0) as u8;
+    counters::add(&counters::key(rec.header().cgroup_id, counter::EXIT, 0, signaled, 0), 0, 0);
     let p: &mut Exit = rec.payload();
     p.exit_code = code;
     rec.emit();

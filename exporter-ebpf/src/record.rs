@@ -3,17 +3,17 @@
 
 use core::{ffi::c_void, mem::size_of};
 
+use crate::counters;
 use aya_ebpf::{
     helpers::generated::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str,
-        bpf_probe_read_user, bpf_probe_read_user_str,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
     },
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
 use podwatch_common::{
-    fixed_len, flags, stat, Header, MAX_RECORD, MAX_STR, SCRATCH_SIZE, TASK_COMM_LEN,
+    counter, fixed_len, flags, stat, Header, MAX_RECORD, MAX_STR, SCRATCH_SIZE, TASK_COMM_LEN,
 };
 
 /// Size is overridden from the agent's config at load time.
@@ -250,16 +250,15 @@ impl Record {
     #[inline(always)]
     pub fn emit(mut self) {
         let len = self.len();
-        let len = if len > SCRATCH_SIZE {
-            SCRATCH_SIZE
-        } else {
-            len
-        };
+        let len = if len > SCRATCH_SIZE { SCRATCH_SIZE } else { len };
         self.set_len(len);
         // SAFETY: buf holds SCRATCH_SIZE bytes and len <= SCRATCH_SIZE.
         let data = unsafe { core::slice::from_raw_parts(self.buf as *const u8, len) };
         if EVENTS.output::<[u8]>(data, 0).is_err() {
             count(stat::RINGBUF_LOST);
+            let h = self.header();
+            let (cgroup_id, kind) = (h.cgroup_id, h.kind);
+            counters::add(&counters::key(cgroup_id, counter::LOST, kind as u8, 0, 0), 0, 0);
         } else {
             count(stat::RECORDS);
         }

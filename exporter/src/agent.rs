@@ -3,7 +3,8 @@
 //! ```text
 //! ring buffer ─▶ decode ─▶ enrich ─▶ output queue (bounded, drop+count) ─▶ stdout/file
 //!                                 └▶ broadcast ─▶ /events subscribers (lag counted)
-//! kernel STATS map ─▶ AgentStats (polled every second)
+//! kernel COUNTERS map ─────────────────────────▶ /metrics (read at scrape time)
+//! kernel STATS map ─▶ AgentStats (polled)
 //! ```
 //! The reader never waits on an output: that is what keeps the kernel side
 //! from overflowing while a disk or terminal is slow.
@@ -24,9 +25,11 @@ use tracing::{info, warn};
 
 use crate::{
     cgroup::{cgroup2_mount, CgroupResolver},
-    config::AgentConfig,
+    config::{AgentConfig, MetadataConfig},
     decode::decode,
     enrich::Enricher,
+    metadata::{self, PodStore},
+    metrics::{BinaryNames, KernelCounters, Metrics},
     output,
     proc_cache::ProcessCache,
     sensors,
@@ -35,41 +38,56 @@ use crate::{
 };
 
 fn poll_kernel_stats(map: &PerCpuArray<MapData, u64>, stats: &AgentStats) {
-    let sum = |idx: u32| -> u64 {
-        map.get(&idx, 0)
-            .map(|v| v.iter().copied().sum())
-            .unwrap_or(0)
-    };
-    stats
-        .kernel_ringbuf_lost
-        .store(sum(stat::RINGBUF_LOST), Relaxed);
+    let sum = |idx: u32| -> u64 { map.get(&idx, 0).map(|v| v.iter().copied().sum()).unwrap_or(0) };
+    stats.kernel_ringbuf_lost.store(sum(stat::RINGBUF_LOST), Relaxed);
     stats.kernel_records.store(sum(stat::RECORDS), Relaxed);
-    stats
-        .kernel_read_errors
-        .store(sum(stat::READ_ERRORS), Relaxed);
-    stats
-        .kernel_open_stash_misses
-        .store(sum(stat::OPEN_STASH_MISS), Relaxed);
-    stats
-        .kernel_sock_owner_misses
-        .store(sum(stat::SOCK_OWNER_MISS), Relaxed);
+    stats.kernel_read_errors.store(sum(stat::READ_ERRORS), Relaxed);
+    stats.kernel_open_stash_misses.store(sum(stat::OPEN_STASH_MISS), Relaxed);
+    stats.kernel_sock_owner_misses.store(sum(stat::SOCK_OWNER_MISS), Relaxed);
+    stats.kernel_counter_full.store(sum(stat::COUNTER_FULL), Relaxed);
+}
+
+/// Starts the configured pod metadata source; it fills `store` in the background.
+fn start_metadata(cfg: &AgentConfig, store: Arc<PodStore>) {
+    match &cfg.metadata {
+        MetadataConfig::None => store.set_synced(),
+        MetadataConfig::File(path) => {
+            tokio::spawn(metadata::static_file::run(path.clone(), store, Duration::from_secs(1)));
+        }
+        MetadataConfig::Kubernetes { kubeconfig, api_server } => {
+            let kube = metadata::kube::KubeConfig {
+                node_name: cfg.node_name.clone(),
+                kubeconfig: kubeconfig.clone(),
+                api_server: api_server.clone(),
+                ..Default::default()
+            };
+            tokio::spawn(metadata::kube::run(kube, store));
+        }
+    }
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let stats = Arc::new(AgentStats::default());
     let (events_tx, _) = broadcast::channel(cfg.queue_capacity.min(1 << 16));
+    let pods = Arc::new(PodStore::new(match cfg.metadata {
+        MetadataConfig::None => "none",
+        MetadataConfig::File(_) => "file",
+        MetadataConfig::Kubernetes { .. } => "kubernetes",
+    }));
     let state = Arc::new(ServerState {
         stats: stats.clone(),
         ready: AtomicBool::new(false),
         events: events_tx.clone(),
         sensors: Mutex::new(Vec::new()),
+        metrics: Mutex::new(None),
+        pods: pods.clone(),
     });
     // Listen first so /healthz answers while programs load.
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let listener =
+        TcpListener::bind(cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     info!(listen = %listener.local_addr()?, "http listening");
     tokio::spawn(server::serve(listener, state.clone()));
+    start_metadata(&cfg, pods.clone());
 
     let cgroup_root = cgroup2_mount();
     if cgroup_root.is_none() {
@@ -77,40 +95,59 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     let mut procs = ProcessCache::new(cfg.process_cache_capacity, cfg.exited_linger);
     let seeded = procs.seed();
-    let cgroups = CgroupResolver::new(cgroup_root.clone());
-    info!(processes = seeded, cgroups = cgroups.len(), "caches seeded");
-    let mut enricher = Enricher::new(cfg.node_name.clone(), procs, cgroups);
+    let cgroups = Arc::new(Mutex::new(CgroupResolver::new(cgroup_root.clone())));
+    let binaries = Arc::new(BinaryNames::default());
+    info!(processes = seeded, "process cache seeded");
+    let mut enricher =
+        Enricher::new(cfg.node_name.clone(), procs, cgroups.clone(), pods.clone(), binaries.clone());
 
-    let sensors = sensors::load(cfg.ring_buffer_bytes, cgroup_root.as_deref())?;
-    *state
-        .sensors
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))? = sensors.status.clone();
-    let sensors::Sensors {
-        events,
-        stats: kernel_stats,
-        ebpf: _programs,
-        ..
-    } = sensors;
+    let sensors = sensors::load(&sensors::LoadOptions {
+        ring_buffer_bytes: cfg.ring_buffer_bytes,
+        counter_capacity: cfg.counter_capacity,
+        count_exec_by_binary: cfg.metric_labels.binary,
+        cgroup_root: cgroup_root.as_deref(),
+    })?;
+    *state.sensors.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sensors.status.clone();
+    let sensors::Sensors { events, stats: kernel_stats, counters, ebpf: _programs, status, .. } = sensors;
+
+    let metrics = Arc::new(Metrics::new(
+        Box::new(KernelCounters::new(counters, cfg.counter_capacity)),
+        stats.clone(),
+        cgroups.clone(),
+        pods.clone(),
+        binaries,
+        cfg.metric_labels,
+        status,
+        cfg.deleted_pod_grace,
+    ));
+    *state.metrics.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(metrics.clone());
 
     let out = output::spawn(cfg.output.clone(), cfg.queue_capacity, stats.clone())?;
 
-    let stats_poll = {
+    let housekeeping = {
         let stats = stats.clone();
+        let grace = cfg.deleted_pod_grace;
         tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
+                tick.tick().await;
                 poll_kernel_stats(&kernel_stats, &stats);
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now = Instant::now();
+                let removed = metrics.prune(now);
+                if !removed.is_empty() {
+                    info!(cgroups = removed.len(), "removed the series of deleted pods");
+                }
+                // Keep deleted pods' names a little longer than their series.
+                metrics.pods.expire(now, grace + Duration::from_secs(60));
             }
         })
     };
 
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns it.
-    let mut ring =
-        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e))?;
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     state.ready.store(true, Relaxed);
-    info!(node = %cfg.node_name, "ready");
+    info!(node = %cfg.node_name, "sensors ready");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut last_tick = Instant::now();
@@ -141,8 +178,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     stats.process_cache_size.store(enricher.procs.len() as u64, Relaxed);
                     stats.process_cache_misses.store(enricher.procs.misses, Relaxed);
                     stats.process_cache_evictions.store(enricher.procs.evictions, Relaxed);
-                    stats.cgroup_cache_size.store(enricher.cgroups.len() as u64, Relaxed);
-                    stats.cgroup_misses.store(enricher.cgroups.misses, Relaxed);
+                    if let Ok(c) = enricher.cgroups.lock() {
+                        stats.cgroup_cache_size.store(c.len() as u64, Relaxed);
+                        stats.cgroup_misses.store(c.misses, Relaxed);
+                    }
                 }
             }
             _ = tokio::signal::ctrl_c() => { info!("interrupted"); break; }
@@ -150,7 +189,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
     }
     state.ready.store(false, Relaxed);
-    stats_poll.abort();
+    housekeeping.abort();
     // Let queued events reach their output before exiting.
     tokio::task::spawn_blocking(move || out.finish()).await?;
     info!(stats = ?stats.snapshot(), "stopped");

@@ -66,11 +66,7 @@ pub struct Btf {
 fn u32_at(b: &[u8], off: usize, little: bool) -> Result<u32, BtfError> {
     let s = b.get(off..off + 4).ok_or(BtfError::Malformed(off))?;
     let a = [s[0], s[1], s[2], s[3]];
-    Ok(if little {
-        u32::from_le_bytes(a)
-    } else {
-        u32::from_be_bytes(a)
-    })
+    Ok(if little { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) })
 }
 
 fn str_at(strings: &[u8], off: u32) -> String {
@@ -99,26 +95,13 @@ impl Btf {
         let type_len = u32_at(data, 12, little)? as usize;
         let str_off = u32_at(data, 16, little)? as usize;
         let str_len = u32_at(data, 20, little)? as usize;
-        let tstart = hdr_len
-            .checked_add(type_off)
-            .ok_or(BtfError::Malformed(8))?;
-        let tsec = data
-            .get(tstart..tstart.saturating_add(type_len))
-            .ok_or(BtfError::Malformed(tstart))?;
-        let sstart = hdr_len
-            .checked_add(str_off)
-            .ok_or(BtfError::Malformed(16))?;
-        let strings = data
-            .get(sstart..sstart.saturating_add(str_len))
-            .ok_or(BtfError::Malformed(sstart))?;
+        let tstart = hdr_len.checked_add(type_off).ok_or(BtfError::Malformed(8))?;
+        let tsec = data.get(tstart..tstart.saturating_add(type_len)).ok_or(BtfError::Malformed(tstart))?;
+        let sstart = hdr_len.checked_add(str_off).ok_or(BtfError::Malformed(16))?;
+        let strings = data.get(sstart..sstart.saturating_add(str_len)).ok_or(BtfError::Malformed(sstart))?;
 
         // Type id 0 is void.
-        let mut types = vec![Type {
-            kind: 0,
-            name: String::new(),
-            type_ref: 0,
-            members: vec![],
-        }];
+        let mut types = vec![Type { kind: 0, name: String::new(), type_ref: 0, members: vec![] }];
         let mut off = 0usize;
         while off < tsec.len() {
             let name_off = u32_at(tsec, off, little)?;
@@ -128,12 +111,8 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
-            let mut t = Type {
-                kind,
-                name: str_at(strings, name_off),
-                type_ref: size_or_type,
-                members: vec![],
-            };
+            let mut t =
+                Type { kind, name: str_at(strings, name_off), type_ref: size_or_type, members: vec![] };
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => off += 4,
                 KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
@@ -168,10 +147,7 @@ impl Btf {
                 structs_by_name.entry(t.name.clone()).or_insert(id as u32);
             }
         }
-        Ok(Btf {
-            types,
-            structs_by_name,
-        })
+        Ok(Btf { types, structs_by_name })
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
@@ -179,9 +155,7 @@ impl Btf {
         for _ in 0..32 {
             let t = self.types.get(id as usize)?;
             match t.kind {
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.type_ref
-                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.type_ref,
                 _ => return Some(t),
             }
         }

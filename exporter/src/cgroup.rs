@@ -94,11 +94,7 @@ pub fn parse_kubelet_path(path: &str) -> Option<PodRef> {
         Some((id, rt)) => (Some(id), rt),
         None => (None, None),
     };
-    Some(PodRef {
-        pod_uid,
-        container_id,
-        runtime,
-    })
+    Some(PodRef { pod_uid, container_id, runtime })
 }
 
 /// Maps cgroup ids to paths relative to the cgroup2 root ("/kubepods.slice/...").
@@ -115,12 +111,7 @@ const REWALK_EVERY: Duration = Duration::from_millis(500);
 
 impl CgroupResolver {
     pub fn new(root: Option<PathBuf>) -> CgroupResolver {
-        let mut r = CgroupResolver {
-            root,
-            paths: HashMap::new(),
-            last_walk: None,
-            misses: 0,
-        };
+        let mut r = CgroupResolver { root, paths: HashMap::new(), last_walk: None, misses: 0 };
         r.walk();
         r
     }
@@ -150,6 +141,19 @@ impl CgroupResolver {
             self.walk();
         }
         self.paths.get(&id).cloned()
+    }
+
+    /// The known path, without re-walking on a miss.
+    pub fn peek(&self, id: u64) -> Option<String> {
+        self.paths.get(&id).cloned()
+    }
+
+    /// Whether a cgroup path (relative to the cgroup2 root) still exists.
+    pub fn exists(&self, path: &str) -> bool {
+        match &self.root {
+            Some(root) => root.join(path.trim_start_matches('/')).exists(),
+            None => true,
+        }
     }
 
     fn walk(&mut self) {
@@ -206,15 +210,13 @@ mod tests {
 
     #[test]
     fn systemd_guaranteed_crio_and_docker() {
-        let p = format!("/kubepods.slice/kubepods-pod0c1d2e3f_4a5b_6c7d_8e9f_a0b1c2d3e4f5.slice/crio-{ID}.scope");
+        let p =
+            format!("/kubepods.slice/kubepods-pod0c1d2e3f_4a5b_6c7d_8e9f_a0b1c2d3e4f5.slice/crio-{ID}.scope");
         let r = parse_kubelet_path(&p).expect("parsed");
         assert_eq!(r.pod_uid, "0c1d2e3f-4a5b-6c7d-8e9f-a0b1c2d3e4f5");
         assert_eq!(r.runtime, Some("cri-o"));
         let p = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0c1d2e3f_4a5b_6c7d_8e9f_a0b1c2d3e4f5.slice/docker-{ID}.scope");
-        assert_eq!(
-            parse_kubelet_path(&p).expect("parsed").runtime,
-            Some("docker")
-        );
+        assert_eq!(parse_kubelet_path(&p).expect("parsed").runtime, Some("docker"));
     }
 
     #[test]
@@ -225,8 +227,7 @@ mod tests {
         assert_eq!(r.container_id.as_deref(), Some(ID));
         assert_eq!(r.runtime, None);
         // Pod-level cgroup (the pause sandbox's parent): pod known, container not.
-        let r = parse_kubelet_path("/kubepods/pod6b1f0a52-2c3d-4e5f-8a9b-0c1d2e3f4a5b")
-            .expect("parsed");
+        let r = parse_kubelet_path("/kubepods/pod6b1f0a52-2c3d-4e5f-8a9b-0c1d2e3f4a5b").expect("parsed");
         assert_eq!(r.container_id, None);
     }
 
@@ -259,16 +260,9 @@ mod tests {
     #[test]
     fn mountinfo_hybrid_and_unified() {
         let hybrid = "35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid shared:9 - cgroup2 cgroup2 rw\n36 24 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert_eq!(
-            parse_mountinfo_cgroup2(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let unified =
-            "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(
-            parse_mountinfo_cgroup2(unified),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
+        assert_eq!(parse_mountinfo_cgroup2(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(parse_mountinfo_cgroup2(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(parse_mountinfo_cgroup2("garbage\n\n - \n"), None);
     }
 }

@@ -21,17 +21,10 @@ pub async fn follow(server: &str, filter: &EventFilter, compact_view: bool) -> a
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let uri = format!("/events?{}", filter.to_query());
-    let req = Request::get(uri)
-        .header("host", server)
-        .body(Empty::<bytes::Bytes>::new())?;
+    let req = Request::get(uri).header("host", server).body(Empty::<bytes::Bytes>::new())?;
     let mut resp = sender.send_request(req).await?;
     if !resp.status().is_success() {
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         bail!("agent answered {}", String::from_utf8_lossy(&body).trim());
     }
     let mut pending: Vec<u8> = Vec::new();

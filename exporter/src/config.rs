@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use crate::output::OutputTarget;
+use crate::{metrics::LabelConfig, output::OutputTarget};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -18,6 +18,17 @@ pub enum OutputKind {
     /// JSON lines in a file that rotates by size.
     File,
     /// No local output (events still reach /events subscribers).
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataSource {
+    /// Watch Pods on this node through the Kubernetes API.
+    Kubernetes,
+    /// Read pods from a YAML/JSON file (reloaded when it changes).
+    File,
+    /// Only what cgroup paths say: pod uid and container id.
     None,
 }
 
@@ -64,6 +75,32 @@ pub struct RunArgs {
     /// Processes remembered (YAML: process_cache.capacity). Default 65536.
     #[arg(long, env = "PODWATCH_PROCESS_CACHE_CAPACITY")]
     pub process_cache_capacity: Option<usize>,
+    /// Pod labels on the per-pod metric families, comma-separated, from
+    /// namespace, pod, workload, container, binary (YAML: metrics.labels).
+    /// Default namespace,pod,workload,container.
+    #[arg(long, env = "PODWATCH_METRICS_LABELS", value_delimiter = ',')]
+    pub metrics_labels: Option<Vec<String>>,
+    /// Seconds a deleted pod's series stay before they are removed
+    /// (YAML: metrics.deleted_pod_grace_seconds). Default 300.
+    #[arg(long, env = "PODWATCH_DELETED_POD_GRACE_SECONDS")]
+    pub deleted_pod_grace_seconds: Option<u64>,
+    /// Per-pod counter entries the kernel map holds (YAML: metrics.counter_capacity). Default 65536.
+    #[arg(long, env = "PODWATCH_COUNTER_CAPACITY")]
+    pub counter_capacity: Option<u32>,
+    /// Where pod names, namespaces, workloads and container names come from
+    /// (YAML: metadata.source). Default: kubernetes inside a cluster
+    /// (KUBERNETES_SERVICE_HOST set), file when --metadata-file is given, else none.
+    #[arg(long, env = "PODWATCH_METADATA_SOURCE", value_enum)]
+    pub metadata_source: Option<MetadataSource>,
+    /// YAML/JSON file of pods for `--metadata-source file` (YAML: metadata.file).
+    #[arg(long, env = "PODWATCH_METADATA_FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// kubeconfig for `--metadata-source kubernetes` outside a cluster (YAML: metadata.kubeconfig).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// API server URL overriding in-cluster config and kubeconfig (YAML: metadata.api_server).
+    #[arg(long, env = "PODWATCH_KUBE_API_SERVER")]
+    pub kube_api_server: Option<String>,
     /// Log format (YAML: log.format). Default text.
     #[arg(long, env = "PODWATCH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -82,6 +119,25 @@ struct FileConfig {
     queue_capacity: Option<usize>,
     process_cache: Option<FileProcessCache>,
     log: Option<FileLog>,
+    metrics: Option<FileMetrics>,
+    metadata: Option<FileMetadata>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    labels: Option<Vec<String>>,
+    deleted_pod_grace_seconds: Option<u64>,
+    counter_capacity: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetadata {
+    source: Option<MetadataSource>,
+    file: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    api_server: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +175,17 @@ pub struct AgentConfig {
     pub exited_linger: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub metric_labels: LabelConfig,
+    pub deleted_pod_grace: Duration,
+    pub counter_capacity: u32,
+    pub metadata: MetadataConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetadataConfig {
+    None,
+    File(PathBuf),
+    Kubernetes { kubeconfig: Option<PathBuf>, api_server: Option<String> },
 }
 
 fn hostname() -> String {
@@ -133,14 +200,15 @@ impl RunArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config {}", path.display()))?;
-                serde_yaml::from_str(&text)
-                    .with_context(|| format!("config {}: invalid", path.display()))?
+                serde_yaml::from_str(&text).with_context(|| format!("config {}: invalid", path.display()))?
             }
             None => FileConfig::default(),
         };
         let fo = file.output.unwrap_or_default();
         let fp = file.process_cache.unwrap_or_default();
         let fl = file.log.unwrap_or_default();
+        let fm = file.metrics.unwrap_or_default();
+        let fmd = file.metadata.unwrap_or_default();
 
         let kind = self.output.or(fo.kind).unwrap_or(OutputKind::Stdout);
         let output = match kind {
@@ -156,10 +224,7 @@ impl RunArgs {
                 max_files: self.output_max_files.or(fo.max_files).unwrap_or(5),
             },
         };
-        let ring = self
-            .ring_buffer_bytes
-            .or(file.ring_buffer_bytes)
-            .unwrap_or(16 << 20);
+        let ring = self.ring_buffer_bytes.or(file.ring_buffer_bytes).unwrap_or(16 << 20);
         if !ring.is_power_of_two() || ring < 4096 {
             bail!("ring_buffer_bytes must be a power of two of at least 4096, not {ring}");
         }
@@ -167,27 +232,50 @@ impl RunArgs {
         if queue_capacity == 0 {
             bail!("queue_capacity must be at least 1");
         }
+        let metric_labels = match self.metrics_labels.clone().or(fm.labels) {
+            Some(names) => LabelConfig::from_names(&names).map_err(anyhow::Error::msg)?,
+            None => LabelConfig::default(),
+        };
+        let counter_capacity = self.counter_capacity.or(fm.counter_capacity).unwrap_or(65536);
+        if counter_capacity == 0 {
+            bail!("counter_capacity must be at least 1");
+        }
+        let metadata_file = self.metadata_file.clone().or(fmd.file);
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let source = self.metadata_source.or(fmd.source).unwrap_or(if metadata_file.is_some() {
+            MetadataSource::File
+        } else if in_cluster {
+            MetadataSource::Kubernetes
+        } else {
+            MetadataSource::None
+        });
+        let metadata = match source {
+            MetadataSource::None => MetadataConfig::None,
+            MetadataSource::File => MetadataConfig::File(
+                metadata_file
+                    .context("--metadata-source file needs --metadata-file (YAML: metadata.file)")?,
+            ),
+            MetadataSource::Kubernetes => MetadataConfig::Kubernetes {
+                kubeconfig: self.kubeconfig.clone().or(fmd.kubeconfig),
+                api_server: self.kube_api_server.clone().or(fmd.api_server),
+            },
+        };
         Ok(AgentConfig {
-            node_name: self
-                .node_name
-                .clone()
-                .or(file.node_name)
-                .unwrap_or_else(hostname),
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            metric_labels,
+            deleted_pod_grace: Duration::from_secs(
+                self.deleted_pod_grace_seconds.or(fm.deleted_pod_grace_seconds).unwrap_or(300),
+            ),
+            counter_capacity,
+            metadata,
+            node_name: self.node_name.clone().or(file.node_name).unwrap_or_else(hostname),
+            listen: self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
             output,
             ring_buffer_bytes: ring,
             queue_capacity,
             process_cache_capacity: self.process_cache_capacity.or(fp.capacity).unwrap_or(65536),
             exited_linger: Duration::from_secs(fp.exited_linger_seconds.unwrap_or(30)),
             log_format: self.log_format.or(fl.format).unwrap_or(LogFormat::Text),
-            log_level: self
-                .log_level
-                .clone()
-                .or(fl.level)
-                .unwrap_or_else(|| "info".to_owned()),
+            log_level: self.log_level.clone().or(fl.level).unwrap_or_else(|| "info".to_owned()),
         })
     }
 }
@@ -199,10 +287,7 @@ mod tests {
     fn with_file(yaml: &str) -> (tempfile::NamedTempFile, RunArgs) {
         let mut f = tempfile::NamedTempFile::new().expect("tmp");
         std::io::Write::write_all(&mut f, yaml.as_bytes()).expect("write");
-        let args = RunArgs {
-            config: Some(f.path().to_path_buf()),
-            ..Default::default()
-        };
+        let args = RunArgs { config: Some(f.path().to_path_buf()), ..Default::default() };
         (f, args)
     }
 
@@ -240,6 +325,10 @@ mod tests {
         assert!(format!("{:#}", args.resolve().expect_err("not pow2")).contains("power of two"));
         let (_f, args) = with_file("output: {kind: file}\n");
         assert!(format!("{:#}", args.resolve().expect_err("no path")).contains("output-file"));
+        let (_f, args) = with_file("metrics: {labels: [namespace, colour]}\n");
+        assert!(format!("{:#}", args.resolve().expect_err("bad label")).contains("colour"));
+        let (_f, args) = with_file("metadata: {source: file}\n");
+        assert!(format!("{:#}", args.resolve().expect_err("no file")).contains("metadata-file"));
         let (_f, args) = with_file(": : :\n\t- [");
         assert!(args.resolve().is_err());
     }

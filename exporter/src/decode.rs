@@ -32,36 +32,12 @@ impl DecodeError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    Exec {
-        ppid: u32,
-        filename: Vec<u8>,
-        args: Vec<Vec<u8>>,
-        cwd: Option<Vec<u8>>,
-    },
-    Exit {
-        exit_code: u32,
-    },
-    Fork {
-        child_tgid: u32,
-        parent_tgid: u32,
-    },
-    FileOpen {
-        syscall: u32,
-        dfd: i32,
-        flags: u64,
-        mode: u32,
-        ret: i32,
-        path: Vec<u8>,
-        dir: Option<Vec<u8>>,
-    },
-    Net {
-        kind: u16,
-        net: Net,
-    },
-    CgroupMkdir {
-        id: u64,
-        path: Vec<u8>,
-    },
+    Exec { ppid: u32, filename: Vec<u8>, args: Vec<Vec<u8>>, cwd: Option<Vec<u8>> },
+    Exit { exit_code: u32 },
+    Fork { child_tgid: u32, parent_tgid: u32 },
+    FileOpen { syscall: u32, dfd: i32, flags: u64, mode: u32, ret: i32, path: Vec<u8>, dir: Option<Vec<u8>> },
+    Net { kind: u16, net: Net },
+    CgroupMkdir { id: u64, path: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,9 +107,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
     }
     let body = &buf[..len];
     let p = size_of::<Header>();
-    let mut tail = Tail {
-        rest: &body[fixed..],
-    };
+    let mut tail = Tail { rest: &body[fixed..] };
     let payload = match header.kind {
         kind::EXEC => {
             let e: Exec = read_pod(body, p).ok_or(DecodeError::Short)?;
@@ -146,25 +120,15 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 args.pop();
             }
             let cwd = (!cwd_raw.is_empty()).then(|| path_from_components(cwd_raw));
-            Payload::Exec {
-                ppid: e.ppid,
-                filename,
-                args,
-                cwd,
-            }
+            Payload::Exec { ppid: e.ppid, filename, args, cwd }
         }
         kind::EXIT => {
             let e: Exit = read_pod(body, p).ok_or(DecodeError::Short)?;
-            Payload::Exit {
-                exit_code: e.exit_code,
-            }
+            Payload::Exit { exit_code: e.exit_code }
         }
         kind::FORK => {
             let f: Fork = read_pod(body, p).ok_or(DecodeError::Short)?;
-            Payload::Fork {
-                child_tgid: f.child_tgid,
-                parent_tgid: f.parent_tgid,
-            }
+            Payload::Fork { child_tgid: f.child_tgid, parent_tgid: f.parent_tgid }
         }
         kind::FILE_OPEN => {
             let f: FileOpen = read_pod(body, p).ok_or(DecodeError::Short)?;
@@ -181,23 +145,13 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 dir,
             }
         }
-        kind::TCP_CONNECT
-        | kind::TCP_ACCEPT
-        | kind::TCP_CLOSE
-        | kind::UDP_CONNECT
-        | kind::UDP_SEND => {
+        kind::TCP_CONNECT | kind::TCP_ACCEPT | kind::TCP_CLOSE | kind::UDP_CONNECT | kind::UDP_SEND => {
             let net: Net = read_pod(body, p).ok_or(DecodeError::Short)?;
-            Payload::Net {
-                kind: header.kind,
-                net,
-            }
+            Payload::Net { kind: header.kind, net }
         }
         kind::CGROUP_MKDIR => {
             let c: CgroupMkdir = read_pod(body, p).ok_or(DecodeError::Short)?;
-            Payload::CgroupMkdir {
-                id: c.id,
-                path: cstr(tail.take(c.path_len)?),
-            }
+            Payload::CgroupMkdir { id: c.id, path: cstr(tail.take(c.path_len)?) }
         }
         _ => return Err(DecodeError::UnknownKind),
     };
@@ -215,10 +169,7 @@ pub fn encode_for_test<T: Copy>(mut header: Header, payload: &T, tail: &[u8]) ->
             &header as *const Header as *const u8,
             size_of::<Header>(),
         ));
-        out.extend_from_slice(std::slice::from_raw_parts(
-            payload as *const T as *const u8,
-            size_of::<T>(),
-        ));
+        out.extend_from_slice(std::slice::from_raw_parts(payload as *const T as *const u8, size_of::<T>()));
     }
     out.extend_from_slice(tail);
     out
@@ -230,11 +181,7 @@ mod tests {
 
     fn exec_record(args: &[u8], cwd: &[u8]) -> Vec<u8> {
         let filename = b"/usr/bin/cat\0";
-        let h = Header {
-            kind: kind::EXEC,
-            tgid: 42,
-            ..Default::default()
-        };
+        let h = Header { kind: kind::EXEC, tgid: 42, ..Default::default() };
         let e = Exec {
             ppid: 1,
             filename_len: filename.len() as u32,
@@ -251,12 +198,7 @@ mod tests {
     fn decodes_exec_with_args_and_reversed_cwd() {
         let r = decode(&exec_record(b"cat\0/etc/passwd\0", b"shadow\0etc\0/\0")).expect("decode");
         match r.payload {
-            Payload::Exec {
-                ppid,
-                filename,
-                args,
-                cwd,
-            } => {
+            Payload::Exec { ppid, filename, args, cwd } => {
                 assert_eq!(ppid, 1);
                 assert_eq!(filename, b"/usr/bin/cat");
                 assert_eq!(args, vec![b"cat".to_vec(), b"/etc/passwd".to_vec()]);
@@ -277,9 +219,7 @@ mod tests {
     fn non_utf8_and_truncated_args_survive() {
         // argv cut mid-string (no trailing NUL) and non-UTF-8 bytes.
         let r = decode(&exec_record(b"a\xff\0bcd", b"")).expect("decode");
-        let Payload::Exec { args, cwd, .. } = r.payload else {
-            panic!()
-        };
+        let Payload::Exec { args, cwd, .. } = r.payload else { panic!() };
         assert_eq!(args, vec![b"a\xff".to_vec(), b"bcd".to_vec()]);
         assert_eq!(cwd, None);
     }

@@ -7,45 +7,50 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use podwatch_common::{flags, kind, open_syscall, Header, Net, AF_INET6, IPPROTO_UDP};
+use std::sync::{Arc, Mutex};
+
+use podwatch_common::{file_op, flags, kind, open_syscall, path_hash, Header, Net, AF_INET6, IPPROTO_UDP};
 
 use crate::{
     cgroup::{parse_kubelet_path, CgroupResolver},
     decode::{Payload, Record},
     event::{
-        errno_name, exit_status, lossless_string, Cgroup, Container, Endpoint, Event, File, Kind,
-        Network, Parent, Pod, Process,
+        errno_name, exit_status, lossless_string, Cgroup, Container, Endpoint, Event, File, Kind, Network,
+        Parent, Pod, Process,
     },
+    metadata::PodStore,
+    metrics::{file_op_name, BinaryNames},
     proc_cache::{ProcessCache, ProcessInfo},
 };
 
 pub struct Enricher {
     pub node: String,
     pub procs: ProcessCache,
-    pub cgroups: CgroupResolver,
+    /// Shared with /metrics, which labels counters by the same cgroup → pod map.
+    pub cgroups: Arc<Mutex<CgroupResolver>>,
+    pub pods: Arc<PodStore>,
+    pub binaries: Arc<BinaryNames>,
     /// realtime − boottime, to turn `bpf_ktime_get_boot_ns` into wall-clock time.
     boot_to_unix_ns: i128,
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a local timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
 impl Enricher {
-    pub fn new(node: String, procs: ProcessCache, cgroups: CgroupResolver) -> Enricher {
+    pub fn new(
+        node: String,
+        procs: ProcessCache,
+        cgroups: Arc<Mutex<CgroupResolver>>,
+        pods: Arc<PodStore>,
+        binaries: Arc<BinaryNames>,
+    ) -> Enricher {
         let boot_to_unix_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
-        Enricher {
-            node,
-            procs,
-            cgroups,
-            boot_to_unix_ns,
-        }
+        Enricher { node, procs, cgroups, pods, binaries, boot_to_unix_ns }
     }
 
     fn time(&self, ktime_ns: u64) -> String {
@@ -61,10 +66,10 @@ impl Enricher {
     fn process(&mut self, h: &Header) -> Process {
         let comm = lossless_string(&h.comm[..h.comm.iter().position(|&c| c == 0).unwrap_or(16)]);
         let info = self.procs.get(h.tgid).cloned();
-        let parent = info.as_ref().filter(|i| i.ppid != 0).map(|i| Parent {
-            pid: i.ppid,
-            binary: self.procs.get(i.ppid).and_then(|p| p.binary.clone()),
-        });
+        let parent = info
+            .as_ref()
+            .filter(|i| i.ppid != 0)
+            .map(|i| Parent { pid: i.ppid, binary: self.procs.get(i.ppid).and_then(|p| p.binary.clone()) });
         let info = info.unwrap_or_default();
         Process {
             pid: h.tgid,
@@ -81,25 +86,24 @@ impl Enricher {
     }
 
     fn pod(&mut self, cgroup_id: u64) -> (Cgroup, Option<Pod>) {
-        let path = self.cgroups.resolve(cgroup_id);
-        let pod = path.as_deref().and_then(parse_kubelet_path).map(|r| Pod {
-            uid: r.pod_uid,
-            namespace: None,
-            name: None,
-            workload: None,
-            container: r.container_id.map(|id| Container {
-                id,
-                name: None,
-                runtime: r.runtime.map(str::to_owned),
-            }),
+        let path = self.cgroups.lock().ok().and_then(|mut c| c.resolve(cgroup_id));
+        let pod = path.as_deref().and_then(parse_kubelet_path).map(|r| {
+            let meta = self.pods.get(&r.pod_uid);
+            Pod {
+                namespace: meta.as_ref().map(|m| m.namespace.clone()),
+                name: meta.as_ref().map(|m| m.name.clone()),
+                workload: meta.as_ref().and_then(|m| {
+                    m.workload.as_ref().map(|w| format!("{}/{}", w.kind.to_lowercase(), w.name))
+                }),
+                container: r.container_id.map(|id| Container {
+                    name: meta.as_ref().and_then(|m| m.container_name(&id).map(str::to_owned)),
+                    id,
+                    runtime: r.runtime.map(str::to_owned),
+                }),
+                uid: r.pod_uid,
+            }
         });
-        (
-            Cgroup {
-                id: cgroup_id,
-                path,
-            },
-            pod,
-        )
+        (Cgroup { id: cgroup_id, path }, pod)
     }
 
     fn base(&mut self, h: &Header, kind: Kind) -> Event {
@@ -126,35 +130,27 @@ impl Enricher {
     pub fn enrich(&mut self, rec: Record) -> Option<Event> {
         let h = rec.header;
         match rec.payload {
-            Payload::Fork {
-                child_tgid,
-                parent_tgid,
-            } => {
+            Payload::Fork { child_tgid, parent_tgid } => {
                 self.procs.on_fork(child_tgid, parent_tgid);
                 None
             }
             Payload::CgroupMkdir { id, path } => {
-                self.cgroups.insert(id, lossless_string(&path));
+                if let Ok(mut c) = self.cgroups.lock() {
+                    c.insert(id, lossless_string(&path));
+                }
                 None
             }
-            Payload::Exec {
-                ppid,
-                filename,
-                args,
-                cwd,
-            } => {
+            Payload::Exec { ppid, filename, args, cwd } => {
                 let cwd = cwd.map(|c| lossless_string(&c));
                 let mut binary = lossless_string(&filename);
+                self.binaries.learn(path_hash(&filename), &binary);
                 if !binary.starts_with('/') {
                     if let Some(c) = &cwd {
                         binary = normalize(&format!("{c}/{binary}"));
                     }
                 }
-                let parent_pid = if ppid != 0 {
-                    ppid
-                } else {
-                    self.procs.peek(h.tgid).map(|p| p.ppid).unwrap_or(0)
-                };
+                let parent_pid =
+                    if ppid != 0 { ppid } else { self.procs.peek(h.tgid).map(|p| p.ppid).unwrap_or(0) };
                 self.procs.on_exec(
                     h.tgid,
                     ProcessInfo {
@@ -173,15 +169,7 @@ impl Enricher {
                 self.procs.on_exit(h.tgid, Instant::now());
                 Some(ev)
             }
-            Payload::FileOpen {
-                syscall,
-                dfd: _,
-                flags: oflags,
-                mode: _,
-                ret,
-                path,
-                dir,
-            } => {
+            Payload::FileOpen { syscall, dfd: _, flags: oflags, mode: _, ret, path, dir } => {
                 let raw = lossless_string(&path);
                 let abs = if raw.starts_with('/') {
                     normalize(&raw)
@@ -197,7 +185,7 @@ impl Enricher {
                 let mut ev = self.base(&h, Kind::File);
                 ev.file = Some(File {
                     path: abs,
-                    operation: operation(oflags).to_owned(),
+                    operation: file_op_name(file_op(oflags)).to_owned(),
                     flags: open_flag_names(oflags),
                     syscall: match syscall {
                         open_syscall::OPEN => "open",
@@ -207,11 +195,7 @@ impl Enricher {
                         _ => "unknown",
                     }
                     .to_owned(),
-                    result: if ret >= 0 {
-                        "ok".to_owned()
-                    } else {
-                        errno_name(-ret)
-                    },
+                    result: if ret >= 0 { "ok".to_owned() } else { errno_name(-ret) },
                     errno: (ret < 0).then_some(-ret),
                     fd: (ret >= 0).then_some(ret),
                     path_truncated: h.flags & (flags::PATH_TRUNCATED | flags::DIR_TRUNCATED) != 0,
@@ -242,64 +226,25 @@ fn addr(family: u16, b: &[u8; 16]) -> String {
 }
 
 fn network(k: u16, n: &Net) -> Network {
-    let local = Endpoint {
-        address: addr(n.family, &n.saddr),
-        port: n.sport,
-    };
-    let remote = Endpoint {
-        address: addr(n.family, &n.daddr),
-        port: n.dport,
-    };
+    let local = Endpoint { address: addr(n.family, &n.saddr), port: n.sport };
+    let remote = Endpoint { address: addr(n.family, &n.daddr), port: n.dport };
     // The record keeps local (s) and remote (d); events orient by who initiated.
     let ingress = k == kind::TCP_ACCEPT || (k == kind::TCP_CLOSE && n.side == kind::TCP_ACCEPT);
-    let (src, dst) = if ingress {
-        (remote, local)
-    } else {
-        (local, remote)
-    };
+    let (src, dst) = if ingress { (remote, local) } else { (local, remote) };
     let close = k == kind::TCP_CLOSE;
     Network {
-        protocol: if n.protocol == IPPROTO_UDP {
-            "udp"
-        } else {
-            "tcp"
-        }
-        .to_owned(),
+        protocol: if n.protocol == IPPROTO_UDP { "udp" } else { "tcp" }.to_owned(),
         family: if n.family == AF_INET6 { "ipv6" } else { "ipv4" }.to_owned(),
         direction: if ingress { "ingress" } else { "egress" }.to_owned(),
         src,
         dst,
-        result: if n.result == 0 {
-            "ok".to_owned()
-        } else {
-            errno_name(-n.result)
-        },
+        result: if n.result == 0 { "ok".to_owned() } else { errno_name(-n.result) },
         bytes_sent: close.then_some(n.bytes_sent),
         bytes_received: close.then_some(n.bytes_received),
     }
 }
 
 const O_ACCMODE: u64 = 0o3;
-const O_CREAT: u64 = 0o100;
-const O_TRUNC: u64 = 0o1000;
-const O_PATH: u64 = 0o10000000;
-
-/// One word for what an open is about to do: create beats truncate beats
-/// write beats read; O_PATH opens only name a file.
-pub fn operation(f: u64) -> &'static str {
-    if f & O_PATH != 0 {
-        "open"
-    } else if f & O_CREAT != 0 {
-        "create"
-    } else if f & O_TRUNC != 0 {
-        "truncate"
-    } else if f & O_ACCMODE != 0 {
-        "write"
-    } else {
-        "read"
-    }
-}
-
 pub fn open_flag_names(f: u64) -> Vec<String> {
     const NAMES: [(u64, &str); 17] = [
         (0o100, "O_CREAT"),
@@ -326,12 +271,7 @@ pub fn open_flag_names(f: u64) -> Vec<String> {
         _ => "O_RDWR",
     }
     .to_owned()];
-    out.extend(
-        NAMES
-            .iter()
-            .filter(|(bit, _)| f & bit == *bit)
-            .map(|(_, n)| (*n).to_owned()),
-    );
+    out.extend(NAMES.iter().filter(|(bit, _)| f & bit == *bit).map(|(_, n)| (*n).to_owned()));
     out
 }
 
@@ -365,6 +305,7 @@ mod tests {
 
     #[test]
     fn operations_from_flags() {
+        let operation = |f| file_op_name(file_op(f));
         assert_eq!(operation(0), "read");
         assert_eq!(operation(0o1), "write");
         assert_eq!(operation(0o2 | 0o1000), "truncate");
@@ -375,20 +316,11 @@ mod tests {
 
     #[test]
     fn accept_and_its_close_are_ingress() {
-        let mut n = Net {
-            family: 2,
-            protocol: 6,
-            sport: 8080,
-            dport: 5555,
-            ..Default::default()
-        };
+        let mut n = Net { family: 2, protocol: 6, sport: 8080, dport: 5555, ..Default::default() };
         n.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         n.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
         let a = network(kind::TCP_ACCEPT, &n);
-        assert_eq!(
-            (a.direction.as_str(), a.src.port, a.dst.port),
-            ("ingress", 5555, 8080)
-        );
+        assert_eq!((a.direction.as_str(), a.src.port, a.dst.port), ("ingress", 5555, 8080));
         assert_eq!(a.src.address, "127.0.0.2");
         n.side = kind::TCP_ACCEPT;
         let c = network(kind::TCP_CLOSE, &n);
@@ -396,10 +328,7 @@ mod tests {
         assert_eq!(c.bytes_sent, Some(0));
         n.side = kind::TCP_CONNECT;
         let c = network(kind::TCP_CONNECT, &n);
-        assert_eq!(
-            (c.direction.as_str(), c.src.port, c.dst.port),
-            ("egress", 8080, 5555)
-        );
+        assert_eq!((c.direction.as_str(), c.src.port, c.dst.port), ("egress", 8080, 5555));
         assert_eq!(c.bytes_sent, None);
     }
 }

@@ -18,15 +18,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::Exec,
-        Kind::Exit,
-        Kind::File,
-        Kind::Connect,
-        Kind::Accept,
-        Kind::Close,
-        Kind::Send,
-    ];
+    pub const ALL: [Kind; 7] =
+        [Kind::Exec, Kind::Exit, Kind::File, Kind::Connect, Kind::Accept, Kind::Close, Kind::Send];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -273,17 +266,9 @@ pub fn signal_name(sig: u32) -> String {
 pub fn exit_status(raw: u32) -> ExitStatus {
     let sig = raw & 0x7f;
     if sig == 0 {
-        ExitStatus {
-            code: Some(((raw >> 8) & 0xff) as i32),
-            signal: None,
-            core_dumped: false,
-        }
+        ExitStatus { code: Some(((raw >> 8) & 0xff) as i32), signal: None, core_dumped: false }
     } else {
-        ExitStatus {
-            code: None,
-            signal: Some(signal_name(sig)),
-            core_dumped: raw & 0x80 != 0,
-        }
+        ExitStatus { code: None, signal: Some(signal_name(sig)), core_dumped: raw & 0x80 != 0 }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod metadata;
+pub mod metrics;
 pub mod output;
 pub mod proc_cache;
 pub mod sensors;

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the kernel sensors and emit events (needs root: CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Attach to a running agent and print its events as they happen.
     Events(EventsArgs),
 }
@@ -53,9 +53,7 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
 fn init_logs(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -64,11 +62,7 @@ fn init_logs(format: LogFormat, level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("podwatch: cannot start the runtime: {e}");
@@ -84,11 +78,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Events(a) => {
-            let filter = EventFilter {
-                namespaces: a.namespaces,
-                pods: a.pods,
-                kinds: a.kinds,
-            };
+            let filter = EventFilter { namespaces: a.namespaces, pods: a.pods, kinds: a.kinds };
             rt.block_on(podwatch::client::follow(&a.server, &filter, a.compact))
         }
     };

@@ -18,11 +18,7 @@ use crate::{event::Event, stats::AgentStats};
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputTarget {
     Stdout,
-    File {
-        path: PathBuf,
-        max_bytes: u64,
-        max_files: u32,
-    },
+    File { path: PathBuf, max_bytes: u64, max_files: u32 },
     None,
 }
 
@@ -66,13 +62,7 @@ impl RotatingFile {
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let written = file.metadata()?.len();
-        Ok(RotatingFile {
-            path,
-            max_bytes,
-            max_files,
-            file: BufWriter::new(file),
-            written,
-        })
+        Ok(RotatingFile { path, max_bytes, max_files, file: BufWriter::new(file), written })
     }
 
     fn rotated(&self, n: u32) -> PathBuf {
@@ -136,58 +126,42 @@ impl Writer {
     }
 }
 
-pub fn spawn(
-    target: OutputTarget,
-    capacity: usize,
-    stats: Arc<AgentStats>,
-) -> io::Result<OutputHandle> {
+pub fn spawn(target: OutputTarget, capacity: usize, stats: Arc<AgentStats>) -> io::Result<OutputHandle> {
     let mut writer = match target {
-        OutputTarget::None => {
-            return Ok(OutputHandle {
-                tx: None,
-                thread: None,
-            })
-        }
+        OutputTarget::None => return Ok(OutputHandle { tx: None, thread: None }),
         OutputTarget::Stdout => Writer::Stdout(BufWriter::with_capacity(1 << 16, io::stdout())),
-        OutputTarget::File {
-            path,
-            max_bytes,
-            max_files,
-        } => Writer::File(RotatingFile::open(path, max_bytes, max_files)?),
+        OutputTarget::File { path, max_bytes, max_files } => {
+            Writer::File(RotatingFile::open(path, max_bytes, max_files)?)
+        }
     };
     let (tx, mut rx) = mpsc::channel::<Arc<Event>>(capacity.max(1));
-    let thread = std::thread::Builder::new()
-        .name("podwatch-output".into())
-        .spawn(move || {
-            let mut line = Vec::with_capacity(1024);
-            let report = |e: io::Error, stats: &AgentStats| {
-                if stats.output_write_errors.fetch_add(1, Relaxed) == 0 {
-                    error!("writing events failed: {e}");
-                }
-            };
-            while let Some(ev) = rx.blocking_recv() {
-                let mut next = Some(ev);
-                // Drain whatever is queued, then flush once.
-                while let Some(ev) = next {
-                    line.clear();
-                    if serde_json::to_writer(&mut line, &*ev).is_ok() {
-                        line.push(b'\n');
-                        if let Err(e) = writer.write_line(&line) {
-                            report(e, &stats);
-                        }
-                    }
-                    next = rx.try_recv().ok();
-                }
-                if let Err(e) = writer.flush() {
-                    report(e, &stats);
-                }
+    let thread = std::thread::Builder::new().name("podwatch-output".into()).spawn(move || {
+        let mut line = Vec::with_capacity(1024);
+        let report = |e: io::Error, stats: &AgentStats| {
+            if stats.output_write_errors.fetch_add(1, Relaxed) == 0 {
+                error!("writing events failed: {e}");
             }
-            let _ = writer.flush();
-        })?;
-    Ok(OutputHandle {
-        tx: Some(tx),
-        thread: Some(thread),
-    })
+        };
+        while let Some(ev) = rx.blocking_recv() {
+            let mut next = Some(ev);
+            // Drain whatever is queued, then flush once.
+            while let Some(ev) = next {
+                line.clear();
+                if serde_json::to_writer(&mut line, &*ev).is_ok() {
+                    line.push(b'\n');
+                    if let Err(e) = writer.write_line(&line) {
+                        report(e, &stats);
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            if let Err(e) = writer.flush() {
+                report(e, &stats);
+            }
+        }
+        let _ = writer.flush();
+    })?;
+    Ok(OutputHandle { tx: Some(tx), thread: Some(thread) })
 }
 
 #[cfg(test)]
@@ -200,8 +174,7 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         let mut f = RotatingFile::open(path.clone(), 100, 2).expect("open");
         for i in 0..20 {
-            f.write_line(format!("{{\"n\":{i:040}}}\n").as_bytes())
-                .expect("write");
+            f.write_line(format!("{{\"n\":{i:040}}}\n").as_bytes()).expect("write");
         }
         f.flush().expect("flush");
         assert!(path.exists());

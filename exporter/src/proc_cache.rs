@@ -36,11 +36,7 @@ impl ProcessCache {
         ProcessCache::with_proc_root(capacity, linger, "/proc")
     }
 
-    pub fn with_proc_root(
-        capacity: usize,
-        linger: Duration,
-        root: impl AsRef<Path>,
-    ) -> ProcessCache {
+    pub fn with_proc_root(capacity: usize, linger: Duration, root: impl AsRef<Path>) -> ProcessCache {
         ProcessCache {
             map: HashMap::new(),
             exited: VecDeque::new(),
@@ -145,11 +141,8 @@ impl ProcessCache {
 fn read_proc(root: &Path, pid: u32) -> Option<ProcessInfo> {
     let dir = root.join(pid.to_string());
     let status = std::fs::read_to_string(dir.join("status")).ok()?;
-    let ppid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let ppid =
+        status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     let binary = std::fs::read_link(dir.join("exe")).ok().map(|p| {
         use std::os::unix::ffi::OsStrExt;
         lossless_string(p.as_os_str().as_bytes())
@@ -163,13 +156,7 @@ fn read_proc(root: &Path, pid: u32) -> Option<ProcessInfo> {
         use std::os::unix::ffi::OsStrExt;
         lossless_string(p.as_os_str().as_bytes())
     });
-    Some(ProcessInfo {
-        ppid,
-        binary,
-        args,
-        args_truncated: false,
-        cwd,
-    })
+    Some(ProcessInfo { ppid, binary, args, args_truncated: false, cwd })
 }
 
 #[cfg(test)]
@@ -177,10 +164,7 @@ mod tests {
     use super::*;
 
     fn info(b: &str) -> ProcessInfo {
-        ProcessInfo {
-            binary: Some(b.into()),
-            ..Default::default()
-        }
+        ProcessInfo { binary: Some(b.into()), ..Default::default() }
     }
 
     #[test]
@@ -198,16 +182,10 @@ mod tests {
         let mut c = ProcessCache::with_proc_root(100, Duration::from_secs(30), "/nonexistent");
         c.on_exec(10, info("/bin/bash"));
         c.on_fork(11, 10);
-        assert_eq!(
-            c.peek(11).and_then(|p| p.binary.as_deref()),
-            Some("/bin/bash")
-        );
+        assert_eq!(c.peek(11).and_then(|p| p.binary.as_deref()), Some("/bin/bash"));
         assert_eq!(c.peek(11).map(|p| p.ppid), Some(10));
         c.on_exec(11, info("/bin/cat"));
-        assert_eq!(
-            c.peek(11).and_then(|p| p.binary.as_deref()),
-            Some("/bin/cat")
-        );
+        assert_eq!(c.peek(11).and_then(|p| p.binary.as_deref()), Some("/bin/cat"));
     }
 
     #[test]

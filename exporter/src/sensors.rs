@@ -6,11 +6,11 @@ use std::{fs::File, os::fd::AsFd};
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use podwatch_common::KernelOffsets;
+use podwatch_common::{CounterKey, CounterValue, KernelOffsets};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
@@ -31,6 +31,7 @@ pub struct Sensors {
     pub status: Vec<SensorStatus>,
     pub events: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub counters: PerCpuHashMap<MapData, CounterKey, CounterValue>,
     pub offsets: KernelOffsets,
 }
 
@@ -41,60 +42,21 @@ enum Hook {
 }
 
 const PROGRAMS: &[(&str, Hook)] = &[
-    (
-        "sched_process_exec",
-        Hook::Tracepoint("sched", "sched_process_exec"),
-    ),
-    (
-        "sched_process_exit",
-        Hook::Tracepoint("sched", "sched_process_exit"),
-    ),
+    ("sched_process_exec", Hook::Tracepoint("sched", "sched_process_exec")),
+    ("sched_process_exit", Hook::Tracepoint("sched", "sched_process_exit")),
     ("sched_process_fork", Hook::Raw("sched_process_fork")),
     ("cgroup_mkdir", Hook::Tracepoint("cgroup", "cgroup_mkdir")),
-    (
-        "sys_enter_open",
-        Hook::Tracepoint("syscalls", "sys_enter_open"),
-    ),
-    (
-        "sys_exit_open",
-        Hook::Tracepoint("syscalls", "sys_exit_open"),
-    ),
-    (
-        "sys_enter_openat",
-        Hook::Tracepoint("syscalls", "sys_enter_openat"),
-    ),
-    (
-        "sys_exit_openat",
-        Hook::Tracepoint("syscalls", "sys_exit_openat"),
-    ),
-    (
-        "sys_enter_openat2",
-        Hook::Tracepoint("syscalls", "sys_enter_openat2"),
-    ),
-    (
-        "sys_exit_openat2",
-        Hook::Tracepoint("syscalls", "sys_exit_openat2"),
-    ),
-    (
-        "sys_enter_creat",
-        Hook::Tracepoint("syscalls", "sys_enter_creat"),
-    ),
-    (
-        "sys_exit_creat",
-        Hook::Tracepoint("syscalls", "sys_exit_creat"),
-    ),
-    (
-        "inet_sock_set_state",
-        Hook::Tracepoint("sock", "inet_sock_set_state"),
-    ),
-    (
-        "sys_exit_accept",
-        Hook::Tracepoint("syscalls", "sys_exit_accept"),
-    ),
-    (
-        "sys_exit_accept4",
-        Hook::Tracepoint("syscalls", "sys_exit_accept4"),
-    ),
+    ("sys_enter_open", Hook::Tracepoint("syscalls", "sys_enter_open")),
+    ("sys_exit_open", Hook::Tracepoint("syscalls", "sys_exit_open")),
+    ("sys_enter_openat", Hook::Tracepoint("syscalls", "sys_enter_openat")),
+    ("sys_exit_openat", Hook::Tracepoint("syscalls", "sys_exit_openat")),
+    ("sys_enter_openat2", Hook::Tracepoint("syscalls", "sys_enter_openat2")),
+    ("sys_exit_openat2", Hook::Tracepoint("syscalls", "sys_exit_openat2")),
+    ("sys_enter_creat", Hook::Tracepoint("syscalls", "sys_enter_creat")),
+    ("sys_exit_creat", Hook::Tracepoint("syscalls", "sys_exit_creat")),
+    ("inet_sock_set_state", Hook::Tracepoint("sock", "inet_sock_set_state")),
+    ("sys_exit_accept", Hook::Tracepoint("syscalls", "sys_exit_accept")),
+    ("sys_exit_accept4", Hook::Tracepoint("syscalls", "sys_exit_accept4")),
     ("connect4", Hook::Cgroup),
     ("connect6", Hook::Cgroup),
     ("sendmsg4", Hook::Cgroup),
@@ -104,27 +66,15 @@ const PROGRAMS: &[(&str, Hook)] = &[
 /// Since 5.11 BPF memory is charged to the memory cgroup; older kernels need
 /// RLIMIT_MEMLOCK raised. Failing to raise it is only worth a warning.
 fn raise_memlock() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: valid pointer to a local rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut v = release
-            .trim()
-            .split(['.', '-'])
-            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let mut v = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
         if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (5, 11) {
-            warn!(
-                "could not raise RLIMIT_MEMLOCK; loading may fail on this kernel ({})",
-                release.trim()
-            );
+            warn!("could not raise RLIMIT_MEMLOCK; loading may fail on this kernel ({})", release.trim());
         } else {
-            debug!(
-                "RLIMIT_MEMLOCK not raised; kernel {} charges BPF memory to the cgroup",
-                release.trim()
-            );
+            debug!("RLIMIT_MEMLOCK not raised; kernel {} charges BPF memory to the cgroup", release.trim());
         }
     }
 }
@@ -138,36 +88,28 @@ fn ensure_tracefs() {
     let src = c"tracefs";
     let target = c"/sys/kernel/tracing";
     // SAFETY: NUL-terminated strings; mount(2) validates the rest.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
     if r != 0 {
-        warn!(
-            "tracefs is not mounted and mounting it failed: {}",
-            std::io::Error::last_os_error()
-        );
+        warn!("tracefs is not mounted and mounting it failed: {}", std::io::Error::last_os_error());
     }
 }
 
-pub fn load(
-    ring_buffer_bytes: u32,
-    cgroup_root: Option<&std::path::Path>,
-) -> anyhow::Result<Sensors> {
+/// What the loader needs from the configuration.
+pub struct LoadOptions<'a> {
+    pub ring_buffer_bytes: u32,
+    pub counter_capacity: u32,
+    pub count_exec_by_binary: bool,
+    pub cgroup_root: Option<&'a std::path::Path>,
+}
+
+pub fn load(opts: &LoadOptions) -> anyhow::Result<Sensors> {
+    let LoadOptions { ring_buffer_bytes, counter_capacity, count_exec_by_binary, cgroup_root } = *opts;
     raise_memlock();
     ensure_tracefs();
     let btf = Btf::from_sys().context("reading /sys/kernel/btf/vmlinux (BTF is required)")?;
     let (offsets, missing) = kernel_offsets(&btf);
     if !missing.is_empty() {
-        warn!(
-            ?missing,
-            "kernel structs lack some fields; the fields that need them are left out"
-        );
+        warn!(?missing, "kernel structs lack some fields; the fields that need them are left out");
     }
     let mut offsets = offsets;
     offsets.tp_exit_group_dead =
@@ -179,11 +121,10 @@ pub fn load(
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
         .override_global("AGENT_TGID", &agent_tgid, true)
+        .override_global("COUNT_EXEC_BY_BINARY", &(count_exec_by_binary as u32), true)
+        .map_max_entries("COUNTERS", counter_capacity)
         .map_max_entries("EVENTS", ring_buffer_bytes)
-        .load(aya::include_bytes_aligned!(concat!(
-            env!("OUT_DIR"),
-            "/podwatch"
-        )))
+        .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podwatch")))
         .context("loading the kernel programs")?;
 
     let cgroup_fd = match cgroup_root {
@@ -205,33 +146,22 @@ pub fn load(
             error: result.err().map(|e| format!("{e:#}")),
         });
     }
-    if !status
-        .iter()
-        .any(|s| s.program == "sched_process_exec" && s.attached)
-    {
+    if !status.iter().any(|s| s.program == "sched_process_exec" && s.attached) {
         bail!("the exec sensor could not attach; nothing to observe");
     }
 
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
     let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map")?)?;
-    Ok(Sensors {
-        ebpf,
-        status,
-        events,
-        stats,
-        offsets,
-    })
+    let counters = PerCpuHashMap::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+    Ok(Sensors { ebpf, status, events, stats, counters, offsets })
 }
 
 /// A field's offset in a tracepoint record, from tracefs's format file.
 fn tracepoint_field_offset(category: &str, event: &str, field: &str) -> Option<u32> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|root| {
-            let text =
-                std::fs::read_to_string(format!("{root}/events/{category}/{event}/format")).ok()?;
-            parse_format_offset(&text, field)
-        })
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].iter().find_map(|root| {
+        let text = std::fs::read_to_string(format!("{root}/events/{category}/{event}/format")).ok()?;
+        parse_format_offset(&text, field)
+    })
 }
 
 /// `\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;` → 32
@@ -247,21 +177,14 @@ fn parse_format_offset(format: &str, field: &str) -> Option<u32> {
     })
 }
 
-fn attach(
-    ebpf: &mut Ebpf,
-    name: &str,
-    hook: &Hook,
-    cgroup: Option<&File>,
-) -> (String, anyhow::Result<()>) {
+fn attach(ebpf: &mut Ebpf, name: &str, hook: &Hook, cgroup: Option<&File>) -> (String, anyhow::Result<()>) {
     let desc = match hook {
         Hook::Tracepoint(c, n) => format!("tracepoint/{c}/{n}"),
         Hook::Raw(n) => format!("raw_tracepoint/{n}"),
         Hook::Cgroup => format!("cgroup/{name}"),
     };
     let r = (|| -> anyhow::Result<()> {
-        let prog = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing"))?;
+        let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?;
         match hook {
             Hook::Tracepoint(category, tp) => {
                 let p: &mut TracePoint = prog.try_into()?;

@@ -19,13 +19,30 @@ use serde::Serialize;
 use tokio::{net::TcpListener, sync::broadcast};
 use tracing::debug;
 
-use crate::{event::Event, sensors::SensorStatus, stats::AgentStats, view::EventFilter};
+use crate::{
+    event::Event,
+    metadata::PodStore,
+    metrics::{to_prometheus_text, Metrics},
+    sensors::SensorStatus,
+    stats::AgentStats,
+    view::EventFilter,
+};
 
 pub struct ServerState {
     pub stats: Arc<AgentStats>,
     pub ready: AtomicBool,
     pub events: broadcast::Sender<Arc<Event>>,
     pub sensors: std::sync::Mutex<Vec<SensorStatus>>,
+    /// Set once the kernel maps exist.
+    pub metrics: std::sync::Mutex<Option<Arc<Metrics>>>,
+    pub pods: Arc<PodStore>,
+}
+
+impl ServerState {
+    /// Ready: programs attached and the pod metadata source synced.
+    fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed) && self.pods.synced()
+    }
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -39,10 +56,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 fn json<T: Serialize>(v: &T) -> Response<Body> {
     let body = serde_json::to_vec_pretty(v).unwrap_or_default();
     let mut r = text(StatusCode::OK, body);
-    r.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
     r
 }
 
@@ -56,33 +70,26 @@ struct StatsReply {
 fn event_stream(state: &ServerState, filter: EventFilter) -> Response<Body> {
     let rx = state.events.subscribe();
     let stats = state.stats.clone();
-    let stream =
-        futures_util::stream::unfold((rx, filter, stats), |(mut rx, filter, stats)| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(ev) => {
-                        if !filter.matches(&ev) {
-                            continue;
-                        }
-                        let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
-                        line.push(b'\n');
-                        return Some((
-                            Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
-                            (rx, filter, stats),
-                        ));
+    let stream = futures_util::stream::unfold((rx, filter, stats), |(mut rx, filter, stats)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    if !filter.matches(&ev) {
+                        continue;
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        stats.stream_lagged.fetch_add(n, Relaxed);
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                    let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), (rx, filter, stats)));
                 }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    stats.stream_lagged.fetch_add(n, Relaxed);
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
-        });
+        }
+    });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(Box::pin(stream))));
-    r.headers_mut().insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/x-ndjson"),
-    );
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/x-ndjson"));
     r
 }
 
@@ -97,25 +104,49 @@ async fn route(
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if state.ready.load(Relaxed) {
+            if state.is_ready() {
                 text(StatusCode::OK, "ready\n")
+            } else if !state.ready.load(Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: sensors loading\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: pod metadata not synced\n")
             }
         }
         "/stats" => json(&StatsReply {
-            ready: state.ready.load(Relaxed),
+            ready: state.is_ready(),
             sensors: state.sensors.lock().map(|s| s.clone()).unwrap_or_default(),
             stats: state.stats.snapshot(),
         }),
+        "/metrics" => {
+            // OpenMetrics for scrapers that ask for it (Prometheus does), the
+            // classic text format otherwise, as client_golang negotiates.
+            let openmetrics = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text"));
+            let metrics = state.metrics.lock().ok().and_then(|m| m.clone());
+            match metrics.map(|m| m.render()) {
+                Some(Ok(body)) => {
+                    let (body, content_type) = if openmetrics {
+                        (body, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                    } else {
+                        (to_prometheus_text(&body), "text/plain; version=0.0.4; charset=utf-8")
+                    };
+                    let mut r = text(StatusCode::OK, body);
+                    r.headers_mut()
+                        .insert("content-type", hyper::header::HeaderValue::from_static(content_type));
+                    r
+                }
+                Some(Err(_)) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n"),
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "sensors loading\n"),
+            }
+        }
         "/events" => match EventFilter::from_query(query) {
             Ok(f) => event_stream(&state, f),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         },
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "try /healthz, /readyz, /stats or /events\n",
-        ),
+        _ => text(StatusCode::NOT_FOUND, "try /metrics, /healthz, /readyz, /stats or /events\n"),
     })
 }
 
@@ -131,10 +162,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| route(state.clone(), req));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
                 debug!(%peer, "http connection: {e}");
             }
         });

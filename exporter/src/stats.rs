@@ -15,6 +15,8 @@ pub struct AgentStats {
     pub kernel_read_errors: AtomicU64,
     pub kernel_open_stash_misses: AtomicU64,
     pub kernel_sock_owner_misses: AtomicU64,
+    /// Per-pod counter entries the kernel could not create (map full).
+    pub kernel_counter_full: AtomicU64,
     /// Records read from the ring buffer in userspace.
     pub records_read: AtomicU64,
     pub decode_short: AtomicU64,

@@ -30,11 +30,7 @@ impl EventFilter {
         }
         if !self.pods.is_empty() {
             let Some(p) = &ev.pod else { return false };
-            if !self
-                .pods
-                .iter()
-                .any(|want| p.name.as_deref() == Some(want) || &p.uid == want)
-            {
+            if !self.pods.iter().any(|want| p.name.as_deref() == Some(want) || &p.uid == want) {
                 return false;
             }
         }
@@ -64,9 +60,7 @@ impl EventFilter {
             match k {
                 "namespace" => f.namespaces.push(v),
                 "pod" => f.pods.push(v),
-                "kind" => f
-                    .kinds
-                    .push(Kind::parse(&v).ok_or_else(|| format!("unknown kind {v:?}"))?),
+                "kind" => f.kinds.push(Kind::parse(&v).ok_or_else(|| format!("unknown kind {v:?}"))?),
                 other => return Err(format!("unknown filter {other:?}")),
             }
         }
@@ -77,9 +71,7 @@ impl EventFilter {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -115,11 +107,7 @@ fn who(ev: &Event) -> String {
 }
 
 fn command(ev: &Event) -> String {
-    let bin = ev
-        .process
-        .binary
-        .clone()
-        .unwrap_or_else(|| format!("[{}]", ev.process.comm));
+    let bin = ev.process.binary.clone().unwrap_or_else(|| format!("[{}]", ev.process.comm));
     let args: Vec<&str> = ev.process.args.iter().skip(1).map(String::as_str).collect();
     if args.is_empty() {
         bin
@@ -155,24 +143,12 @@ pub fn compact(ev: &Event) -> String {
                 "truncate" => ("✂️ ", "truncate"),
                 _ => ("📬", "open    "),
             };
-            let bin = ev
-                .process
-                .binary
-                .clone()
-                .unwrap_or_else(|| format!("[{}]", ev.process.comm));
-            let result = if f.result == "ok" {
-                String::new()
-            } else {
-                format!(" ⛔ {}", f.result)
-            };
+            let bin = ev.process.binary.clone().unwrap_or_else(|| format!("[{}]", ev.process.comm));
+            let result = if f.result == "ok" { String::new() } else { format!(" ⛔ {}", f.result) };
             format!("{icon} {word} {who} {bin} {}{result}", f.path)
         }
         Kind::Connect | Kind::Accept | Kind::Close | Kind::Send => {
-            let bin = ev
-                .process
-                .binary
-                .clone()
-                .unwrap_or_else(|| format!("[{}]", ev.process.comm));
+            let bin = ev.process.binary.clone().unwrap_or_else(|| format!("[{}]", ev.process.comm));
             let Some(n) = &ev.network else {
                 return format!("🔌 {}    {who} {bin}", ev.kind.as_str());
             };
@@ -184,11 +160,7 @@ pub fn compact(ev: &Event) -> String {
                 }
             };
             let flow = format!("{} {} -> {}", n.protocol, ep(&n.src), ep(&n.dst));
-            let result = if n.result == "ok" {
-                String::new()
-            } else {
-                format!(" ⛔ {}", n.result)
-            };
+            let result = if n.result == "ok" { String::new() } else { format!(" ⛔ {}", n.result) };
             match ev.kind {
                 Kind::Connect => format!("🔌 connect {who} {bin} {flow}{result}"),
                 Kind::Accept => format!("📥 accept  {who} {bin} {flow}"),
@@ -235,24 +207,14 @@ mod tests {
             cgroup: Cgroup { id: 1, path: None },
             file: None,
             network: None,
-            exit: Some(ExitStatus {
-                code: Some(0),
-                signal: None,
-                core_dumped: false,
-            }),
+            exit: Some(ExitStatus { code: Some(0), signal: None, core_dumped: false }),
         }
     }
 
     #[test]
     fn compact_lines() {
-        assert_eq!(
-            compact(&ev(Kind::Exec)),
-            "🚀 exec    default/xwing /usr/bin/cat /etc/passwd"
-        );
-        assert_eq!(
-            compact(&ev(Kind::Exit)),
-            "💥 exit    default/xwing /usr/bin/cat /etc/passwd 0"
-        );
+        assert_eq!(compact(&ev(Kind::Exec)), "🚀 exec    default/xwing /usr/bin/cat /etc/passwd");
+        assert_eq!(compact(&ev(Kind::Exit)), "💥 exit    default/xwing /usr/bin/cat /etc/passwd 0");
         let mut f = ev(Kind::File);
         f.file = Some(File {
             path: "/etc/shadow".into(),
@@ -264,10 +226,7 @@ mod tests {
             fd: None,
             path_truncated: false,
         });
-        assert_eq!(
-            compact(&f),
-            "📚 read     default/xwing /usr/bin/cat /etc/shadow ⛔ EACCES"
-        );
+        assert_eq!(compact(&f), "📚 read     default/xwing /usr/bin/cat /etc/shadow ⛔ EACCES");
     }
 
     #[test]
@@ -277,17 +236,11 @@ mod tests {
         let f = EventFilter::from_query("namespace=default&pod=xwing&kind=exec").expect("query");
         assert!(f.matches(&e));
         assert!(!f.matches(&ev(Kind::Exit)));
-        assert!(EventFilter::from_query("pod=6b1f0a52-2c3d")
-            .expect("q")
-            .matches(&e));
+        assert!(EventFilter::from_query("pod=6b1f0a52-2c3d").expect("q").matches(&e));
         let mut host = ev(Kind::Exec);
         host.pod = None;
-        assert!(EventFilter::from_query("namespace=host")
-            .expect("q")
-            .matches(&host));
-        assert!(!EventFilter::from_query("namespace=default")
-            .expect("q")
-            .matches(&host));
+        assert!(EventFilter::from_query("namespace=host").expect("q").matches(&host));
+        assert!(!EventFilter::from_query("namespace=default").expect("q").matches(&host));
         assert!(EventFilter::from_query("kind=bogus").is_err());
         assert!(EventFilter::from_query("colour=red").is_err());
     }

@@ -16,18 +16,10 @@ fn exec_of_cat_has_binary_args_parent_and_exit_codes() {
     let exec = agent.expect_one("exec of cat", |e| {
         e.kind == Kind::Exec && e.process.parent.as_ref().is_some_and(|p| p.pid == bash_pid)
     });
-    assert!(
-        ends_with(&exec.process.binary, "/cat"),
-        "{:?}",
-        exec.process.binary
-    );
+    assert!(ends_with(&exec.process.binary, "/cat"), "{:?}", exec.process.binary);
     assert_eq!(exec.process.args, vec!["/bin/cat", "/etc/passwd"]);
     let parent = exec.process.parent.as_ref().expect("parent");
-    assert!(
-        ends_with(&parent.binary, "/bash"),
-        "parent binary {:?}",
-        parent.binary
-    );
+    assert!(ends_with(&parent.binary, "/bash"), "parent binary {:?}", parent.binary);
     assert_eq!(exec.process.uid, 0);
     assert_eq!(exec.process.comm, "cat");
     assert!(exec.pod.is_none(), "a host process has no pod");
@@ -43,13 +35,9 @@ fn exec_of_cat_has_binary_args_parent_and_exit_codes() {
     assert!(ends_with(&open.process.binary, "/cat"));
     assert_eq!(open.process.args, vec!["/bin/cat", "/etc/passwd"]);
 
-    let cat_exit = agent.expect_one("exit of cat", |e| {
-        e.kind == Kind::Exit && e.process.pid == cat_pid
-    });
+    let cat_exit = agent.expect_one("exit of cat", |e| e.kind == Kind::Exit && e.process.pid == cat_pid);
     assert_eq!(cat_exit.exit.as_ref().and_then(|x| x.code), Some(0));
-    let bash_exit = agent.expect_one("exit of bash", |e| {
-        e.kind == Kind::Exit && e.process.pid == bash_pid
-    });
+    let bash_exit = agent.expect_one("exit of bash", |e| e.kind == Kind::Exit && e.process.pid == bash_pid);
     assert_eq!(bash_exit.exit.as_ref().and_then(|x| x.code), Some(7));
     assert!(agent.bad_lines().is_empty(), "{:?}", agent.bad_lines());
 }
@@ -58,19 +46,13 @@ fn exec_of_cat_has_binary_args_parent_and_exit_codes() {
 fn exit_by_signal_reports_the_signal() {
     require_root!();
     let agent = Agent::start();
-    let mut child = command_in(None, "/bin/sleep", &["30"])
-        .spawn()
-        .expect("sleep");
+    let mut child = command_in(None, "/bin/sleep", &["30"]).spawn().expect("sleep");
     let pid = child.id();
-    agent.expect_one("exec of sleep", |e| {
-        e.kind == Kind::Exec && e.process.pid == pid
-    });
+    agent.expect_one("exec of sleep", |e| e.kind == Kind::Exec && e.process.pid == pid);
     child.kill().expect("kill");
     let status = child.wait().expect("wait");
     assert_eq!(status.signal(), Some(9));
-    let exit = agent.expect_one("exit of sleep", |e| {
-        e.kind == Kind::Exit && e.process.pid == pid
-    });
+    let exit = agent.expect_one("exit of sleep", |e| e.kind == Kind::Exit && e.process.pid == pid);
     let x = exit.exit.expect("exit");
     assert_eq!((x.code, x.signal.as_deref()), (None, Some("SIGKILL")));
 }
@@ -82,29 +64,18 @@ fn long_and_non_utf8_argv_is_flagged_not_lost() {
     let long = "a".repeat(3000);
     // 3 × 3000 bytes of argv: more than the 4 KiB the kernel side copies.
     let mut cmd = command_in(None, "/bin/echo", &[&long, &long, &long]);
-    cmd.arg(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(
-        b"caf\xe9",
-    ));
+    cmd.arg(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(b"caf\xe9"));
     let (pid, _) = crate::harness::run(cmd);
-    let exec = agent.expect_one("exec of echo", |e| {
-        e.kind == Kind::Exec && e.process.pid == pid
-    });
+    let exec = agent.expect_one("exec of echo", |e| e.kind == Kind::Exec && e.process.pid == pid);
     assert!(exec.process.args_truncated, "truncation is flagged");
     assert_eq!(exec.process.args[0], "/bin/echo");
     assert_eq!(exec.process.args[1], long);
-    assert!(
-        exec.process.args.len() < 5,
-        "the non-UTF-8 tail was cut with the rest"
-    );
+    assert!(exec.process.args.len() < 5, "the non-UTF-8 tail was cut with the rest");
 
     let mut cmd = command_in(None, "/bin/echo", &[]);
-    cmd.arg(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(
-        b"caf\xe9",
-    ));
+    cmd.arg(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(b"caf\xe9"));
     let (pid, _) = crate::harness::run(cmd);
-    let exec = agent.expect_one("exec of echo", |e| {
-        e.kind == Kind::Exec && e.process.pid == pid
-    });
+    let exec = agent.expect_one("exec of echo", |e| e.kind == Kind::Exec && e.process.pid == pid);
     assert_eq!(exec.process.args, vec!["/bin/echo", "caf\\xe9"]);
     assert!(!exec.process.args_truncated);
 }
@@ -113,22 +84,14 @@ fn long_and_non_utf8_argv_is_flagged_not_lost() {
 fn processes_older_than_the_agent_are_described_from_proc() {
     require_root!();
     // Started before the agent: its binary and args come from the /proc seed.
-    let mut child = command_in(None, "/bin/sleep", &["7.5"])
-        .spawn()
-        .expect("sleep");
+    let mut child = command_in(None, "/bin/sleep", &["7.5"]).spawn().expect("sleep");
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(200));
     let agent = Agent::start();
     child.kill().expect("kill");
     child.wait().expect("wait");
-    let exit = agent.expect_one("exit of old sleep", |e| {
-        e.kind == Kind::Exit && e.process.pid == pid
-    });
-    assert!(
-        ends_with(&exit.process.binary, "/sleep"),
-        "{:?}",
-        exit.process.binary
-    );
+    let exit = agent.expect_one("exit of old sleep", |e| e.kind == Kind::Exit && e.process.pid == pid);
+    assert!(ends_with(&exit.process.binary, "/sleep"), "{:?}", exit.process.binary);
     assert_eq!(exit.process.args, vec!["/bin/sleep", "7.5"]);
 }
 

@@ -11,10 +11,7 @@ fn opens_by(agent: &Agent, parent_bash: u32, path: &str) -> podwatch::event::Eve
     agent.expect_one(path, |e| {
         e.kind == Kind::File
             && e.file.as_ref().is_some_and(|f| f.path == path)
-            && e.process
-                .parent
-                .as_ref()
-                .is_some_and(|p| p.pid == parent_bash)
+            && e.process.parent.as_ref().is_some_and(|p| p.pid == parent_bash)
     })
 }
 
@@ -120,17 +117,12 @@ fn non_utf8_and_deep_paths() {
     // The deep relative open is still reported; its base directory is flagged as cut short.
     let deep = agent.expect_one("deep relative open", |e| {
         e.process.parent.as_ref().is_some_and(|p| p.pid == bash)
-            && e.file
-                .as_ref()
-                .is_some_and(|f| f.path.ends_with("hostname"))
+            && e.file.as_ref().is_some_and(|f| f.path.ends_with("hostname"))
     });
     assert!(deep.file.expect("file").path_truncated);
     let stats = agent.stats();
     let errs = &stats["stats"]["decode_errors"];
     for k in ["short", "unknown_kind", "bad_length", "bad_tail"] {
-        assert_eq!(
-            errs[k], 0,
-            "decode error {k}: the kernel's records are well-formed"
-        );
+        assert_eq!(errs[k], 0, "decode error {k}: the kernel's records are well-formed");
     }
 }

@@ -84,12 +84,7 @@ impl Agent {
                 }
             });
         }
-        let agent = Agent {
-            child,
-            addr,
-            events,
-            bad_lines,
-        };
+        let agent = Agent { child, addr, events, bad_lines };
         agent.wait_ready();
         agent
     }
@@ -106,12 +101,17 @@ impl Agent {
     }
 
     /// Waits until `pred` holds for at least `n` events; returns the matches.
+    /// Scans each event once (new ones as they arrive), so long waits over
+    /// large event volumes stay linear.
     pub fn wait_n(&self, n: usize, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.events;
         let mut guard = lock.lock().expect("lock");
+        let mut found = Vec::new();
+        let mut scanned = 0;
         loop {
-            let found: Vec<Event> = guard.iter().filter(|e| pred(e)).cloned().collect();
+            found.extend(guard[scanned..].iter().filter(|e| pred(e)).cloned());
+            scanned = guard.len();
             let now = Instant::now();
             if found.len() >= n || now >= deadline {
                 return found;
@@ -173,23 +173,13 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((code, body))
 }
 
 pub fn uuid() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .expect("uuid")
-        .trim()
-        .to_owned()
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("uuid").trim().to_owned()
 }
 
 pub fn cgroup2_root() -> PathBuf {
@@ -239,17 +229,11 @@ impl FakePod {
         for part in rel.split('/') {
             dir.push(part);
             if !dir.exists() {
-                std::fs::create_dir(&dir)
-                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
                 created.push(dir.clone());
             }
         }
-        FakePod {
-            uid,
-            container_id,
-            cgroup: dir,
-            created,
-        }
+        FakePod { uid, container_id, cgroup: dir, created }
     }
 
     pub fn cgroup_id(&self) -> u64 {
@@ -281,10 +265,12 @@ fn container_id() -> String {
 /// very first event already carries the cgroup.
 pub fn command_in(cgroup: Option<&Path>, program: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(program);
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    // cargo test points LD_LIBRARY_PATH at the toolchain; children should load
+    // libraries as they would anywhere else.
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null()).env_remove("LD_LIBRARY_PATH");
     if let Some(cg) = cgroup {
-        let procs = std::ffi::CString::new(cg.join("cgroup.procs").as_os_str().as_encoded_bytes())
-            .expect("path");
+        let procs =
+            std::ffi::CString::new(cg.join("cgroup.procs").as_os_str().as_encoded_bytes()).expect("path");
         // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -318,4 +304,55 @@ pub fn bash_in(cgroup: Option<&Path>, script: &str) -> (u32, ExitStatus) {
 
 pub fn ends_with(s: &Option<String>, suffix: &str) -> bool {
     s.as_deref().is_some_and(|s| s.ends_with(suffix))
+}
+
+/// The static workload binary (tests/integration/workload.c), built once.
+pub fn workload() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/integration/workload.c");
+        let dir = std::env::temp_dir().join(format!("podwatch-workload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let out = dir.join("workload");
+        let status = Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("gcc (build-essential) is needed for the counter tests");
+        assert!(status.success(), "building the workload failed");
+        out
+    })
+}
+
+/// Runs the workload in a cgroup and checks it succeeded.
+pub fn workload_in(cgroup: &Path, args: &[&str]) -> u32 {
+    let bin = workload().display().to_string();
+    let (pid, status) = run(command_in(Some(cgroup), &bin, args));
+    assert!(status.success(), "workload {args:?} failed: {status:?}");
+    pid
+}
+
+/// Sums the samples of `family` whose labels include every `want` pair, from
+/// OpenMetrics / Prometheus text.
+pub fn metric_sum(text: &str, family: &str, want: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if name != family {
+            continue;
+        }
+        if want.iter().all(|(k, v)| labels.contains(&format!("{k}=\"{v}\""))) {
+            let v: f64 = value.parse().unwrap_or(f64::NAN);
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
 }

@@ -7,10 +7,13 @@
 //! is a failure instead, so CI can never skip them silently.
 
 mod harness;
+mod kube_api;
 
 mod cli;
 mod exec;
 mod file;
+mod kube;
 mod load;
+mod metrics;
 mod network;
 mod pods;

@@ -35,22 +35,13 @@ fn round_trip(bind: &str, family: &str) {
     let (received, client_port) = server.join().expect("server");
     assert_eq!(received, 4000);
 
-    let connect = agent.expect_one("connect", |e| {
-        e.kind == Kind::Connect && e.process.pid == pid
-    });
+    let connect = agent.expect_one("connect", |e| e.kind == Kind::Connect && e.process.pid == pid);
     let n = connect.network.as_ref().expect("network");
-    assert_eq!(
-        (n.protocol.as_str(), n.family.as_str(), n.direction.as_str()),
-        ("tcp", family, "egress")
-    );
+    assert_eq!((n.protocol.as_str(), n.family.as_str(), n.direction.as_str()), ("tcp", family, "egress"));
     assert_eq!((n.src.address.as_str(), n.src.port), (addr, client_port));
     assert_eq!((n.dst.address.as_str(), n.dst.port), (addr, port));
     assert_eq!(n.result, "ok");
-    assert!(connect
-        .process
-        .binary
-        .as_deref()
-        .is_some_and(|b| b.contains("python3")));
+    assert!(connect.process.binary.as_deref().is_some_and(|b| b.contains("python3")));
 
     let me = std::process::id();
     let accept = agent.expect_one("accept", |e| {
@@ -62,16 +53,12 @@ fn round_trip(bind: &str, family: &str) {
     assert_eq!(n.direction, "ingress");
     assert_eq!((n.src.address.as_str(), n.src.port), (addr, client_port));
 
-    let close = agent.expect_one("client close", |e| {
-        e.kind == Kind::Close && e.process.pid == pid
-    });
+    let close = agent.expect_one("client close", |e| e.kind == Kind::Close && e.process.pid == pid);
     let n = close.network.as_ref().expect("network");
     assert_eq!((n.bytes_sent, n.bytes_received), (Some(4000), Some(321)));
     assert_eq!(n.dst.port, port);
     let close = agent.expect_one("server close", |e| {
-        e.kind == Kind::Close
-            && e.process.pid == me
-            && e.network.as_ref().is_some_and(|n| n.dst.port == port)
+        e.kind == Kind::Close && e.process.pid == me && e.network.as_ref().is_some_and(|n| n.dst.port == port)
     });
     let n = close.network.as_ref().expect("network");
     assert_eq!(n.direction, "ingress");
@@ -101,15 +88,11 @@ fn refused_connect_reports_the_errno() {
     );
     let (pid, status) = run(command_in(None, "/usr/bin/python3", &["-c", &script]));
     assert!(status.success());
-    let e = agent.expect_one("refused connect", |e| {
-        e.kind == Kind::Connect && e.process.pid == pid
-    });
+    let e = agent.expect_one("refused connect", |e| e.kind == Kind::Connect && e.process.pid == pid);
     let n = e.network.expect("network");
     assert_eq!((n.result.as_str(), n.dst.port), ("ECONNREFUSED", port));
     // A refused connect never became a connection: no close event for it.
-    assert!(agent
-        .settle(|e| e.kind == Kind::Close && e.process.pid == pid)
-        .is_empty());
+    assert!(agent.settle(|e| e.kind == Kind::Close && e.process.pid == pid).is_empty());
 }
 
 #[test]
@@ -126,9 +109,6 @@ fn udp_destinations_connected_and_unconnected() {
     for kind in [Kind::Send, Kind::Connect] {
         let e = agent.expect_one(kind.as_str(), |e| e.kind == kind && e.process.pid == pid);
         let n = e.network.expect("network");
-        assert_eq!(
-            (n.protocol.as_str(), n.dst.address.as_str(), n.dst.port),
-            ("udp", "127.0.0.1", port)
-        );
+        assert_eq!((n.protocol.as_str(), n.dst.address.as_str(), n.dst.port), ("udp", "127.0.0.1", port));
     }
 }

@@ -1,0 +1,314 @@
+//! The Kubernetes pod source (`metadata::kube::run`) against a test double
+//! of the API server ([`crate::kube_api`]): no real Kubernetes API server can
+//! run on this machine, so the double speaks the real list/watch protocol and
+//! JSON, and the source runs in-process in the test's tokio runtime.
+//!
+//! These tests need no root; each one finishes in well under a second, every
+//! wait bounded by [`eventually`]'s 5 s.
+
+use std::{
+    path::Path,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
+
+use base64::Engine as _;
+use podwatch::metadata::{kube as source, ContainerMeta, PodStore, Workload};
+use serde_json::{json, Value};
+
+use crate::kube_api::{certs, eventually, ApiDouble};
+
+const NODE: &str = "node-1";
+
+/// A Pod as the API server returns it; `owner` is its controller.
+fn pod(uid: &str, name: &str, node: &str, owner: Option<(&str, &str)>, containers: &[(&str, &str)]) -> Value {
+    let mut p = json!({
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"uid": uid, "name": name, "namespace": "shop", "labels": {"app": name},
+                     "creationTimestamp": "2026-11-22T10:00:00Z"},
+        "spec": {"nodeName": node, "containers": containers.iter().map(|(n, _)| json!({"name": n, "image": "busybox"})).collect::<Vec<_>>()},
+        "status": {"phase": "Running", "containerStatuses": containers.iter().map(|(n, id)| json!({
+            "name": n, "containerID": format!("containerd://{id}"), "ready": true, "restartCount": 0,
+            "image": "busybox", "state": {"running": {"startedAt": "2026-11-22T10:00:01Z"}}})).collect::<Vec<_>>()}
+    });
+    if let Some((kind, owner_name)) = owner {
+        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": kind, "name": owner_name,
+            "uid": format!("uid-{owner_name}"), "controller": true, "blockOwnerDeletion": true}]);
+    }
+    p
+}
+
+fn config(api: &ApiDouble) -> source::KubeConfig {
+    source::KubeConfig {
+        api_server: Some(api.url("http")),
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(2),
+        page_size: 100,
+        ..source::KubeConfig::new(NODE)
+    }
+}
+
+/// Runs the source until the returned guard is dropped.
+struct Running(tokio::task::JoinHandle<()>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn start(cfg: source::KubeConfig) -> (Arc<PodStore>, Running) {
+    let store = Arc::new(PodStore::new("kubernetes"));
+    let task = tokio::spawn(source::run(cfg, store.clone()));
+    (store, Running(task))
+}
+
+fn workload(store: &PodStore, uid: &str) -> Option<Workload> {
+    store.get(uid).and_then(|p| p.workload.clone())
+}
+
+fn w(kind: &str, name: &str) -> Option<Workload> {
+    Some(Workload { kind: kind.into(), name: name.into() })
+}
+
+fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_list_watch_and_workloads() {
+    let api = ApiDouble::start(2).await;
+    api.add_owner("ReplicaSet", "shop", "web-7d9f", Some(("Deployment", "web")));
+    api.add_owner("Job", "shop", "backup-28900", Some(("CronJob", "backup")));
+    api.add_owner("Job", "shop", "migrate", None);
+    let mut web = pod("u-web", "web-7d9f-aaaaa", NODE, Some(("ReplicaSet", "web-7d9f")), &[("app", "c1")]);
+    web["metadata"]["labels"]["pod-template-hash"] = json!("7d9f");
+    web["status"]["initContainerStatuses"] = json!([{"name": "init", "containerID": "containerd://c0"}]);
+    api.add_pod(web);
+    api.add_pod(pod("u-backup", "backup-28900-x", NODE, Some(("Job", "backup-28900")), &[("job", "c2")]));
+    api.add_pod(pod("u-migrate", "migrate-x", NODE, Some(("Job", "migrate")), &[("m", "c3")]));
+    api.add_pod(pod("u-pg", "pg-0", NODE, Some(("StatefulSet", "pg")), &[("pg", "c4")]));
+    api.add_pod(pod("u-static", "etcd-node-1", NODE, Some(("Node", NODE)), &[("etcd", "c5")]));
+    // The ReplicaSet is gone (404): the pod-template-hash label still names the Deployment.
+    let mut orphan = pod("u-api", "api-5c6b-bbbbb", NODE, Some(("ReplicaSet", "api-5c6b")), &[("api", "c6")]);
+    orphan["metadata"]["labels"]["pod-template-hash"] = json!("5c6b");
+    api.add_pod(orphan);
+    // No owner, no containers, no status at all.
+    api.add_pod(json!({"metadata": {"uid": "u-bare", "name": "bare", "namespace": "default"}, "spec": {"nodeName": NODE}}));
+    api.add_pod(pod("u-elsewhere", "other", "node-2", None, &[("x", "c9")]));
+
+    let (store, _run) = start(config(&api));
+    eventually("the first list", || store.synced()).await;
+
+    assert_eq!(store.live_count(), 7, "only this node's pods");
+    assert!(store.get("u-elsewhere").is_none());
+    let web = store.get("u-web").expect("web pod");
+    assert_eq!((web.namespace.as_str(), web.name.as_str()), ("shop", "web-7d9f-aaaaa"));
+    assert_eq!(web.labels.get("app").map(String::as_str), Some("web-7d9f-aaaaa"));
+    assert_eq!(web.container_name("c1"), Some("app"));
+    assert_eq!(web.container_name("c0"), Some("init"));
+    assert_eq!(workload(&store, "u-web"), w("Deployment", "web"));
+    assert_eq!(workload(&store, "u-backup"), w("CronJob", "backup"));
+    assert_eq!(workload(&store, "u-migrate"), w("Job", "migrate"));
+    assert_eq!(workload(&store, "u-pg"), w("StatefulSet", "pg"));
+    assert_eq!(workload(&store, "u-static"), w("Node", NODE));
+    assert_eq!(workload(&store, "u-api"), w("Deployment", "api"));
+    let bare = store.get("u-bare").expect("bare pod");
+    assert!(bare.workload.is_none() && bare.containers.is_empty() && bare.labels.is_empty());
+
+    // Paginated (page size 2 → 4 pages), every page with the node selector
+    // and the previous page's continue token.
+    let lists = api.lists();
+    assert_eq!(lists.len(), 4, "{lists:?}");
+    assert!(lists.iter().all(|q| q.get("fieldSelector").map(String::as_str) == Some("spec.nodeName=node-1")));
+    assert_eq!(lists[1].get("continue").map(String::as_str), Some("off/2=="));
+    assert_eq!(count(&store.state.relists), 1);
+    assert_eq!(count(&store.state.errors), 0);
+
+    // The watch starts at the list's version and applies events.
+    api.wait_watch(1).await;
+    let first = &api.watches()[0];
+    assert_eq!(first.get("resourceVersion").map(String::as_str), Some("108"));
+    assert_eq!(first.get("allowWatchBookmarks").map(String::as_str), Some("true"));
+    assert!(first.contains_key("timeoutSeconds"));
+
+    let mut web2 = pod("u-web2", "web-7d9f-ccccc", NODE, Some(("ReplicaSet", "web-7d9f")), &[("app", "c7")]);
+    web2["metadata"]["labels"]["pod-template-hash"] = json!("7d9f");
+    api.add_pod(web2);
+    eventually("ADDED", || store.get("u-web2").is_some()).await;
+    assert_eq!(workload(&store, "u-web2"), w("Deployment", "web"));
+    let rs_gets = api.requests().iter().filter(|r| r.contains("/replicasets/web-7d9f")).count();
+    assert_eq!(rs_gets, 1, "ReplicaSet lookups are cached");
+
+    api.modify_pod("u-bare", |p| {
+        p["status"] = json!({"containerStatuses": [{"name": "late", "containerID": "cri-o://c8"}]});
+    });
+    eventually("MODIFIED", || store.get("u-bare").is_some_and(|p| p.container_name("c8") == Some("late")))
+        .await;
+    assert_eq!(
+        store.get("u-bare").map(|p| p.containers.clone()),
+        Some(vec![ContainerMeta { id: "c8".into(), name: "late".into() }])
+    );
+
+    api.delete_pod("u-pg");
+    eventually("DELETED", || store.is_deleted("u-pg")).await;
+    assert!(store.get("u-pg").is_some(), "a deleted pod lingers for late events");
+    api.add_pod(pod("u-elsewhere2", "other2", "node-2", None, &[]));
+    assert_eq!(count(&store.state.events), 3);
+
+    // A bookmark moves the version on; a normally ended stream is re-watched
+    // from there, without a re-list.
+    api.bookmark(5000);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    api.end_watch();
+    api.wait_watch(2).await;
+    let second = &api.watches()[1];
+    assert_eq!(second.get("resourceVersion").map(String::as_str), Some("5000"));
+    assert_eq!(count(&store.state.relists), 1);
+    assert_eq!(count(&store.state.errors), 0);
+    assert_eq!(count(&store.state.events), 3, "bookmarks are not pod events");
+    assert!(store.get("u-elsewhere2").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_410_gone_relists() {
+    let api = ApiDouble::start(100).await;
+    api.add_pod(pod("u1", "one", NODE, None, &[("a", "c1")]));
+    api.add_pod(pod("u2", "two", NODE, None, &[("b", "c2")]));
+    let (store, _run) = start(config(&api));
+    api.wait_watch(1).await;
+    assert_eq!(count(&store.state.relists), 1);
+
+    // Changes the client never saw, then "resourceVersion too old".
+    api.add_pod_unseen(pod("u3", "three", NODE, None, &[("c", "c3")]));
+    api.delete_pod_unseen("u2");
+    api.watch_error(410);
+
+    eventually("the re-list", || count(&store.state.relists) == 2).await;
+    assert_eq!(store.get("u3").and_then(|p| p.container_name("c3").map(str::to_owned)), Some("c".into()));
+    assert!(store.is_deleted("u2"), "missing from the re-list: deleted");
+    assert!(!store.is_deleted("u1"));
+    api.wait_watch(2).await;
+    assert_eq!(api.lists().len(), 2);
+    assert_eq!(count(&store.state.errors), 0, "410 is the protocol, not an error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_errors_are_counted_and_recovered() {
+    let api = ApiDouble::start(100).await;
+    api.add_pod(pod("u1", "one", NODE, None, &[("a", "c1")]));
+    // Two failing lists: counted, then the source recovers on its own.
+    api.fail_lists(2);
+    let (store, _run) = start(config(&api));
+    eventually("recovery from two 500s", || store.synced()).await;
+    assert_eq!(count(&store.state.errors), 2);
+    assert_eq!(count(&store.state.relists), 1);
+    api.wait_watch(1).await;
+
+    // A garbage line: counted, then a re-list brings in what may have been missed.
+    api.add_pod_unseen(pod("u2", "two", NODE, None, &[("b", "c2")]));
+    api.send_raw("{\"type\": \"ADDED\", \"object\": {trunc");
+    eventually("re-list after garbage", || count(&store.state.relists) == 2).await;
+    assert_eq!(count(&store.state.errors), 3);
+    assert!(store.get("u2").is_some());
+    api.wait_watch(2).await;
+
+    // A non-410 ERROR event, then a watch answered with 500.
+    api.fail_watches(1);
+    api.watch_error(500);
+    eventually("re-list after ERROR and 500", || count(&store.state.relists) == 4).await;
+    assert_eq!(count(&store.state.errors), 5);
+    api.wait_watch(4).await;
+
+    // An event that is JSON but not a watch event, and an unknown type.
+    api.send_raw("[1, 2, 3]");
+    eventually("re-list after a non-event", || count(&store.state.relists) == 5).await;
+    api.wait_watch(5).await;
+    api.send_raw("{\"type\": \"WHATEVER\", \"object\": {}}");
+    eventually("re-list after an unknown type", || count(&store.state.relists) == 6).await;
+    assert_eq!(count(&store.state.errors), 7);
+
+    // Still fully working.
+    api.wait_watch(6).await;
+    api.add_pod(pod("u3", "three", NODE, None, &[("c", "c3")]));
+    eventually("ADDED after recovery", || store.get("u3").is_some()).await;
+    assert_eq!(count(&store.state.errors), 7);
+
+    // A failing owner lookup is counted and the pod still gets a workload.
+    api.add_pod(pod("u4", "four", NODE, Some(("ReplicaSet", "gone")), &[]));
+    eventually("ADDED with a missing owner", || store.get("u4").is_some()).await;
+    assert_eq!(workload(&store, "u4"), w("ReplicaSet", "gone"));
+    assert_eq!(count(&store.state.errors), 7, "404: the owner is gone, not an error");
+}
+
+fn write_kubeconfig(dir: &Path, server: &str, user: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+         contexts: [{{name: test, context: {{cluster: double, user: me}}}}]\n\
+         clusters: [{{name: double, cluster: {{server: '{server}', certificate-authority: ca.crt}}}}]\n\
+         users: [{{name: me, user: {user}}}]\n"
+    );
+    std::fs::write(&path, text).expect("write kubeconfig");
+    std::fs::write(dir.join("ca.crt"), certs::CA_CRT).expect("write ca");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_tls_with_client_certificate_from_kubeconfig() {
+    let api = ApiDouble::start_tls(100).await;
+    api.add_pod(pod("u1", "one", NODE, None, &[("a", "c1")]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let user = format!(
+        "{{client-certificate-data: '{}', client-key-data: '{}'}}",
+        b64(certs::CLIENT_CRT),
+        b64(certs::CLIENT_KEY)
+    );
+    let kubeconfig = write_kubeconfig(dir.path(), &api.url("https"), &user);
+    let cfg = source::KubeConfig { kubeconfig: Some(kubeconfig), api_server: None, ..config(&api) };
+    let (store, _run) = start(cfg);
+    eventually("the list over TLS", || store.synced()).await;
+    assert!(store.get("u1").is_some());
+    api.wait_watch(1).await;
+    api.add_pod(pod("u2", "two", NODE, None, &[]));
+    eventually("a watch event over TLS", || store.get("u2").is_some()).await;
+    assert_eq!(count(&store.state.errors), 0);
+
+    // Without the client certificate the server refuses the handshake: counted, never synced.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let cfg = source::KubeConfig {
+        kubeconfig: Some(write_kubeconfig(dir2.path(), &api.url("https"), "{}")),
+        api_server: None,
+        ..config(&api)
+    };
+    let (store, _run2) = start(cfg);
+    eventually("the refused handshake counted", || count(&store.state.errors) >= 2).await;
+    assert!(!store.synced());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_token_file_is_reread_on_reconnect() {
+    let api = ApiDouble::start(100).await;
+    api.add_pod(pod("u1", "one", NODE, None, &[("a", "c1")]));
+    api.require_token(Some("t1"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), "t1\n").expect("token");
+    // Credentials from the kubeconfig, server from the override.
+    let kubeconfig = write_kubeconfig(dir.path(), "https://unused.invalid", "{tokenFile: token}");
+    let cfg = source::KubeConfig { kubeconfig: Some(kubeconfig), ..config(&api) };
+    let (store, _run) = start(cfg);
+    api.wait_watch(1).await;
+    assert!(store.synced());
+
+    // The token rotates; the next watch connection must present the new one.
+    std::fs::write(dir.path().join("token"), "t2\n").expect("token");
+    api.require_token(Some("t2"));
+    api.end_watch();
+    api.wait_watch(2).await;
+    api.add_pod(pod("u2", "two", NODE, None, &[]));
+    eventually("an event after rotation", || store.get("u2").is_some()).await;
+    assert_eq!(count(&store.state.errors), 0);
+    assert_eq!(count(&store.state.relists), 1);
+}

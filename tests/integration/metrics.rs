@@ -1,0 +1,258 @@
+//! Per-pod counters in the kernel, seen through /metrics and a real Prometheus.
+
+use std::{
+    io::Write,
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use podwatch::event::Kind;
+
+use crate::harness::{free_port, http_get, metric_sum, require_root, workload_in, Agent, FakePod};
+
+/// Accepts and closes connections until the test ends.
+fn sink_listener() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            drop(s);
+        }
+    });
+    port
+}
+
+fn pods_file(dir: &std::path::Path, pods: &[(&FakePod, &str, &str, &str, &str)]) -> String {
+    let mut yaml = String::new();
+    for (pod, ns, name, kind, workload) in pods {
+        yaml.push_str(&format!(
+            "- uid: {}\n  namespace: {ns}\n  name: {name}\n  workload: {{kind: {kind}, name: {workload}}}\n  containers:\n  - {{id: {}, name: app}}\n",
+            pod.uid, pod.container_id
+        ));
+    }
+    let path = dir.join("pods.yaml");
+    std::fs::write(&path, yaml).expect("write pods");
+    path.display().to_string()
+}
+
+struct Prometheus {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = dir.path().join("prometheus.yml");
+        let mut f = std::fs::File::create(&cfg).expect("cfg");
+        write!(
+            f,
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n- job_name: podwatch\n  static_configs:\n  - targets: ['{target}']\n"
+        )
+        .expect("write cfg");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`, installed by scripts/setup.sh)");
+        Prometheus { child, addr, _dir: dir }
+    }
+
+    /// Instant query → (labels, value) pairs.
+    fn query(&self, promql: &str) -> Vec<(serde_json::Value, f64)> {
+        let q: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let Ok((200, body)) = http_get(&self.addr, &format!("/api/v1/query?query={q}")) else {
+            return vec![];
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["data"]["result"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| {
+                        (
+                            r["metric"].clone(),
+                            r["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Polls a query until each (label value of `by`, expected) pair matches.
+    fn expect(&self, promql: &str, by: &str, want: &[(&str, f64)]) {
+        let deadline = Instant::now() + Duration::from_secs(45);
+        let mut last = Vec::new();
+        while Instant::now() < deadline {
+            last = self.query(promql);
+            let ok = want.iter().all(|(label, value)| {
+                last.iter().any(|(m, v)| m[by].as_str() == Some(label) && (v - value).abs() < 1e-9)
+            });
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("{promql}: wanted {want:?}, Prometheus says {last:?}");
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_sees_exact_per_pod_counts() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tmp");
+    let web = FakePod::systemd("burstable");
+    let db = FakePod::cgroupfs("guaranteed");
+    let pods = pods_file(
+        dir.path(),
+        &[(&web, "team-a", "web-1", "Deployment", "web"), (&db, "team-b", "db-0", "StatefulSet", "db")],
+    );
+    let agent = Agent::start_with(&["--output", "none", "--metadata-file", &pods]);
+    let prom = Prometheus::start(&agent.addr);
+    let port = sink_listener().to_string();
+
+    // web: 5 + 1 + 1 execs, 7 reads, 3 connects. db: 2 + 1 + 1 execs, 2 reads, 5 connects.
+    workload_in(&web.cgroup, &["exec", "4"]);
+    workload_in(&web.cgroup, &["open", "7", "/etc/hostname"]);
+    workload_in(&web.cgroup, &["connect", "3", &port]);
+    workload_in(&db.cgroup, &["exec", "1"]);
+    workload_in(&db.cgroup, &["open", "2", "/etc/hostname"]);
+    workload_in(&db.cgroup, &["connect", "5", &port]);
+
+    prom.expect(
+        r#"sum by (pod) (podwatch_exec_total{namespace=~"team-.*"})"#,
+        "pod",
+        &[("web-1", 7.0), ("db-0", 4.0)],
+    );
+    prom.expect(
+        r#"sum by (pod) (podwatch_file_access_total{namespace=~"team-.*", operation="read", result="ok"})"#,
+        "pod",
+        &[("web-1", 7.0), ("db-0", 2.0)],
+    );
+    prom.expect(
+        r#"sum by (pod) (podwatch_network_connections_total{namespace=~"team-.*", direction="egress", protocol="tcp", result="ok"})"#,
+        "pod",
+        &[("web-1", 3.0), ("db-0", 5.0)],
+    );
+    prom.expect(
+        r#"sum by (namespace) (podwatch_exec_total{namespace=~"team-.*"})"#,
+        "namespace",
+        &[("team-a", 7.0), ("team-b", 4.0)],
+    );
+    prom.expect(
+        r#"sum by (workload) (podwatch_exec_total{namespace=~"team-.*"})"#,
+        "workload",
+        &[("deployment/web", 7.0), ("statefulset/db", 4.0)],
+    );
+    prom.expect(
+        r#"sum by (container) (podwatch_process_exits_total{namespace="team-a", reason="exit"})"#,
+        "container",
+        &[("app", 7.0)],
+    );
+}
+
+#[test]
+fn promtool_accepts_a_real_scrape() {
+    require_root!();
+    let agent = Agent::start_with(&["--output", "none"]);
+    let pod = FakePod::systemd("besteffort");
+    workload_in(&pod.cgroup, &["open", "3", "/etc/hostname"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, body) = http_get(&agent.addr, "/metrics").expect("scrape");
+    assert_eq!(code, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The pod's counters are there, labelled by uid without a metadata source.
+    assert_eq!(
+        metric_sum(&body, "podwatch_file_access_total", &[("pod", &pod.uid), ("operation", "read")]),
+        Some(3.0)
+    );
+}
+
+#[test]
+fn tiny_ring_buffer_counters_stay_exact_and_losses_are_counted() {
+    require_root!();
+    // 4 KiB of ring buffer cannot hold a burst of 20000 opens.
+    let agent = Agent::start_with(&["--ring-buffer-bytes", "4096"]);
+    let pod = FakePod::cgroupfs("besteffort");
+    let cg = pod.cgroup_id();
+    const N: usize = 20_000;
+    workload_in(&pod.cgroup, &["open", &N.to_string(), "/etc/hostname"]);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let delivered = agent
+        .settle(|e| {
+            e.kind == Kind::File
+                && e.cgroup.id == cg
+                && e.file.as_ref().is_some_and(|f| f.path == "/etc/hostname")
+        })
+        .len();
+    let (_, body) = http_get(&agent.addr, "/metrics").expect("scrape");
+    let counted =
+        metric_sum(&body, "podwatch_file_access_total", &[("pod", &pod.uid), ("operation", "read")]);
+    let lost =
+        metric_sum(&body, "podwatch_ringbuf_lost_records_total", &[("pod", &pod.uid), ("kind", "file")])
+            .unwrap_or(0.0);
+    assert_eq!(counted, Some(N as f64), "the kernel counter saw every open");
+    assert!(lost > 0.0, "a 4 KiB ring buffer must have overflowed ({delivered} delivered)");
+    // /etc/hostname is the only file this workload opens, so every file record
+    // of the pod is one of the N opens.
+    assert_eq!(delivered as f64 + lost, N as f64, "delivered {delivered} + lost {lost} == performed {N}");
+}
+
+#[test]
+fn deleted_pod_series_go_after_the_grace_period() {
+    require_root!();
+    let agent = Agent::start_with(&["--output", "none", "--deleted-pod-grace-seconds", "2"]);
+    let uid = {
+        let pod = FakePod::systemd("burstable");
+        workload_in(&pod.cgroup, &["exec", "2"]);
+        std::thread::sleep(Duration::from_millis(300));
+        let (_, body) = http_get(&agent.addr, "/metrics").expect("scrape");
+        assert_eq!(metric_sum(&body, "podwatch_exec_total", &[("pod", &pod.uid)]), Some(3.0));
+        pod.uid.clone()
+        // dropping the pod removes its cgroup, as kubelet does
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(&agent.addr, "/metrics").expect("scrape");
+        if metric_sum(&body, "podwatch_exec_total", &[("pod", &uid)]).is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "series of the deleted pod still there after 20 s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

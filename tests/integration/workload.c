@@ -1,0 +1,57 @@
+/* A workload with exactly known kernel activity, for the counter tests.
+ * Built static so the dynamic loader opens nothing behind our back.
+ *   workload exec N        fork + execve(self, "noop") N times
+ *   workload noop          exit 0
+ *   workload open N PATH   open(PATH, O_RDONLY) + close, N times
+ *   workload connect N PORT  N TCP connects to 127.0.0.1:PORT, each closed at once
+ */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    if (strcmp(argv[1], "noop") == 0) return 0;
+    if (argc < 3) return 2;
+    long n = strtol(argv[2], NULL, 10);
+    if (strcmp(argv[1], "exec") == 0) {
+        for (long i = 0; i < n; i++) {
+            pid_t pid = fork();
+            if (pid == 0) {
+                char *args[] = {argv[0], "noop", NULL};
+                execv("/proc/self/exe", args);
+                _exit(127);
+            }
+            int status;
+            if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return 1;
+        }
+        return 0;
+    }
+    if (strcmp(argv[1], "open") == 0 && argc >= 4) {
+        for (long i = 0; i < n; i++) {
+            int fd = open(argv[3], O_RDONLY);
+            if (fd < 0) return 1;
+            close(fd);
+        }
+        return 0;
+    }
+    if (strcmp(argv[1], "connect") == 0 && argc >= 4) {
+        struct sockaddr_in a = {0};
+        a.sin_family = AF_INET;
+        a.sin_port = htons((unsigned short)atoi(argv[3]));
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        for (long i = 0; i < n; i++) {
+            int s = socket(AF_INET, SOCK_STREAM, 0);
+            if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) return 1;
+            close(s);
+        }
+        return 0;
+    }
+    return 2;
+}
