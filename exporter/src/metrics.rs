@@ -452,7 +452,11 @@ impl Metrics {
         }
     }
 
-    fn encode_self(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode_self(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        map_entries: usize,
+    ) -> Result<(), std::fmt::Error> {
         let s = self.stats.snapshot();
         let counter =
             |e: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), std::fmt::Error> {
@@ -582,7 +586,7 @@ impl Metrics {
             ConstGauge::new(self.pods.live_count() as i64).encode(m.encode_family(&l)?)?;
         }
         {
-            let entries = self.counters.read().len() as i64;
+            let entries = map_entries as i64;
             let mut m = encoder.encode_descriptor(
                 "podwatch_kernel_map_entries",
                 "Entries in a kernel map.",
@@ -704,7 +708,7 @@ impl Collector for Metrics {
                 ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
             }
         }
-        self.encode_self(&mut encoder)
+        self.encode_self(&mut encoder, entries.len())
     }
 }
 

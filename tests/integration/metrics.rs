@@ -256,3 +256,71 @@ fn deleted_pod_series_go_after_the_grace_period() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// The agent watching a Kubernetes API (the test double of `kube_api`: no real
+/// API server runs here) labels a pod's series with its names and workload,
+/// and a watch DELETED removes them after the grace period even though the
+/// pod's cgroup is still there.
+#[test]
+fn kubernetes_deleted_pod_loses_its_series_after_grace() {
+    require_root!();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let api = rt.block_on(crate::kube_api::ApiDouble::start(100));
+    let pod = FakePod::systemd("burstable");
+    api.add_owner("ReplicaSet", "shop", "api-7d9f6c", Some(("Deployment", "api")));
+    api.add_pod(serde_json::json!({
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"uid": pod.uid, "name": "api-7d9f6c-x2x4q", "namespace": "shop",
+                     "labels": {"app": "api", "pod-template-hash": "7d9f6c"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-7d9f6c",
+                                          "uid": "uid-api-7d9f6c", "controller": true}]},
+        "spec": {"nodeName": "node-e2e", "containers": [{"name": "server", "image": "busybox"}]},
+        "status": {"phase": "Running", "containerStatuses": [
+            {"name": "server", "containerID": format!("containerd://{}", pod.container_id), "ready": true}]}
+    }));
+    let url = api.url("http");
+    let agent = Agent::start_with(&[
+        "--output",
+        "none",
+        "--metadata-source",
+        "kubernetes",
+        "--kube-api-server",
+        &url,
+        "--node-name",
+        "node-e2e",
+        "--deleted-pod-grace-seconds",
+        "2",
+    ]);
+    workload_in(&pod.cgroup, &["exec", "2"]);
+    let labels = [
+        ("namespace", "shop"),
+        ("pod", "api-7d9f6c-x2x4q"),
+        ("workload", "deployment/api"),
+        ("container", "server"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(&agent.addr, "/metrics").expect("scrape");
+        if metric_sum(&body, "podwatch_exec_total", &labels) == Some(3.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no labelled series: {}",
+            body.lines().filter(|l| l.starts_with("podwatch_exec_total")).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    api.delete_pod(&pod.uid);
+    let deleted_at = Instant::now();
+    loop {
+        let (_, body) = http_get(&agent.addr, "/metrics").expect("scrape");
+        if metric_sum(&body, "podwatch_exec_total", &[("pod", "api-7d9f6c-x2x4q")]).is_none() {
+            break;
+        }
+        assert!(deleted_at.elapsed() < Duration::from_secs(20), "series still there 20 s after DELETED");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(deleted_at.elapsed() >= Duration::from_millis(1500), "series went before the 2 s grace period");
+    assert!(pod.cgroup.exists(), "the cgroup is still there: deletion came from the API");
+}
