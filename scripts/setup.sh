@@ -54,4 +54,29 @@ mountpoint -q /sys/kernel/tracing 2>/dev/null || \
 mountpoint -q /sys/fs/bpf 2>/dev/null || \
   $SUDO mount -t bpf bpf /sys/fs/bpf 2>/dev/null || log "warning: could not mount bpffs"
 
+# --- sinks: Kafka client build and test components (issue 5) ------------------
+# rdkafka builds librdkafka from source (make, a C compiler, OpenSSL for TLS and
+# SCRAM, zlib, zstd via pkg-config); the Kafka tests use a real broker (tansu)
+# and an independent consumer (librdkafka through PyPI's confluent-kafka).
+SINK_PKGS=(libssl-dev zlib1g-dev libzstd-dev pkg-config build-essential python3-pip)
+missing=()
+for p in "${SINK_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! python3 -c "import confluent_kafka" 2>/dev/null; then
+  log "pip install confluent-kafka"
+  # Debian's python3 is "externally managed" (PEP 668); older pips lack the flag.
+  python3 -m pip install --quiet confluent-kafka --break-system-packages 2>/dev/null \
+    || python3 -m pip install --quiet confluent-kafka
+fi
+if ! tansu --version >/dev/null 2>&1; then
+  log "cargo install tansu (Kafka-protocol broker for the sink tests; 10-15 minutes, once)"
+  cargo install tansu --locked --features dynostore
+fi
+
 log "ready"

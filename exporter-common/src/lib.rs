@@ -87,6 +87,8 @@ pub mod counter {
     pub const SEND: u16 = 7;
     /// Records of this cgroup the ring buffer could not take; `op` is the record kind.
     pub const LOST: u16 = 8;
+    /// Records of this cgroup written to the ring buffer; `op` is the record kind.
+    pub const RECORD: u16 = 9;
 }
 
 /// File operations, from open flags (`file_op`).
@@ -180,6 +182,80 @@ pub fn path_hash(path: &[u8]) -> u64 {
     h
 }
 
+/// In-kernel policy matching. Rules compile into LPM tries whose first key byte
+/// is a generation (0 or 1): a reload writes the new generation beside the
+/// active one, flips `PolicyConfig::active`, then deletes the old entries, so
+/// the kernel always matches against one complete set.
+pub mod policy {
+    /// Bytes of a path a policy can match on: LPM keys hold at most 256 data
+    /// bytes (LPM_DATA_SIZE_MAX), one for the generation, one for the NUL.
+    pub const PATH_KEY: usize = 254;
+    /// Rule refs per trie entry.
+    pub const REFS: usize = 8;
+    /// Policies per generation (bits of a cgroup's mask).
+    pub const MAX_POLICIES: usize = 64;
+
+    /// `RuleRef::ops` bits for file rules.
+    pub const OP_READ: u8 = 1 << 0;
+    pub const OP_WRITE: u8 = 1 << 1;
+    pub const OP_CREATE: u8 = 1 << 2;
+    pub const OP_TRUNCATE: u8 = 1 << 3;
+    pub const OP_OPEN: u8 = 1 << 4;
+    /// `RuleRef::ops` bits for network rules.
+    pub const NET_TCP: u8 = 1 << 0;
+    pub const NET_UDP: u8 = 1 << 1;
+    pub const NET_EGRESS: u8 = 1 << 2;
+    pub const NET_INGRESS: u8 = 1 << 3;
+}
+
+/// One rule a trie entry can match. `rule == 0` marks an empty slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleRef {
+    pub rule: u16,
+    /// Network rules: destination port, 0 = any.
+    pub port: u16,
+    /// Bit index of the policy in a cgroup's mask.
+    pub policy: u8,
+    pub action: u8,
+    /// File operations / network protocol and direction (`policy::OP_*`, `policy::NET_*`); 0 = any.
+    pub ops: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatchSet {
+    pub refs: [RuleRef; policy::REFS],
+}
+
+/// Path trie keys are `Key<[u8; PATH_KEY_LEN]>`: data[0] is the generation,
+/// then the path. Exact paths are stored with their NUL (`/etc/shadow\0`),
+/// prefixes without; suffix tries hold reversed paths.
+pub const PATH_KEY_LEN: usize = policy::PATH_KEY + 2;
+/// Address trie keys are `Key<[u8; 17]>`: generation, then 4 or 16 bytes.
+pub const ADDR_KEY_LEN: usize = 17;
+
+/// Per-cgroup policy masks, one per generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupPolicies {
+    pub masks: [u64; 2],
+}
+
+/// Runtime policy state shared with the kernel (array map, one element).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Generation the kernel matches against (0 or 1).
+    pub active: u32,
+    /// 1 = only records for rules whose action is log, kill or deny reach
+    /// userspace; 0 = every record (no policy loaded: trace everything).
+    pub filter: u32,
+    /// Masks for cgroups absent from the cgroup map (host processes), per generation.
+    pub default_masks: [u64; 2],
+}
+
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
@@ -202,6 +278,10 @@ pub struct Header {
     /// cgroup v2 id (the cgroup directory's inode number).
     pub cgroup_id: u64,
     pub comm: [u8; TASK_COMM_LEN],
+    /// Policy rule that matched (0 = none) and the action taken (`action::*`).
+    pub rule: u16,
+    pub action: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Tail: filename, argv block (NUL-separated), cwd components (reversed).
@@ -298,6 +378,7 @@ pub struct KernelOffsets {
     pub dentry_parent: u32,
     pub dentry_name: u32,
     pub qstr_name: u32,
+    pub qstr_len: u32,
     pub mount_mnt: u32,
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
@@ -351,6 +432,12 @@ mod user {
     unsafe impl aya::Pod for CounterKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CounterValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MatchSet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CgroupPolicies {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyConfig {}
 }
 
 /// Fixed part of a record of each kind: header + payload.
@@ -369,7 +456,7 @@ pub const fn fixed_len(kind: u16) -> usize {
     core::mem::size_of::<Header>() + payload
 }
 
-const _: () = assert!(core::mem::size_of::<Header>() == 56);
+const _: () = assert!(core::mem::size_of::<Header>() == 64);
 const _: () = assert!(core::mem::size_of::<CounterKey>() == 24);
 const _: () = assert!(SCRATCH_SIZE <= 32768);
 const _: () = assert!(MAX_RECORD.is_power_of_two());

@@ -13,11 +13,12 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use podwatch_common::{counter, file_op, kind, open_syscall, stat, FileOpen, AT_FDCWD};
+use podwatch_common::{action, counter, file_op, kind, open_syscall, stat, FileOpen, AT_FDCWD};
 
 use crate::{
     counters,
-    kernel::{current_task, push_cwd, push_fd_path},
+    kernel::{current_task, fd_file, forward_path, off, path_at, push_cwd, push_fd_path, task_root},
+    policy,
     record::{count, current_is_agent, Record},
 };
 
@@ -175,19 +176,34 @@ fn try_exit_open(ctx: &TracePointContext) -> Result<u32, u32> {
     let ret = field(ctx, 16)? as i64;
 
     let mut rec = Record::new(kind::FILE_OPEN).ok_or(0u32)?;
+    let cgroup_id = rec.header().cgroup_id;
     let failed = (ret < 0) as u8;
     let op = file_op(args.flags);
-    counters::add(&counters::key(rec.header().cgroup_id, counter::FILE, op, failed, 0), 0, 0);
     let path_start = rec.len();
     let path_len = rec.push_user_str(args.filename);
+    let task = current_task();
     let mut dir_len = 0;
     if path_len > 0 && rec.byte_at(path_start) != b'/' {
-        let task = current_task();
         dir_len = if args.dfd == AT_FDCWD {
             push_cwd(&mut rec, task)
         } else {
             push_fd_path(&mut rec, task, args.dfd as i64)
         };
+    }
+    let verdict = match_open(&rec, task, ret, path_start, path_len, cgroup_id, 1u8 << op);
+    rec.set_verdict(verdict.rule, verdict.action);
+    let mut k = counters::key(cgroup_id, counter::FILE, op, failed, 0);
+    k.rule = verdict.rule;
+    k.action = verdict.action;
+    counters::add(&k, 0, 0);
+    if verdict.action == action::KILL {
+        // The signal lands before the process returns to user space: it never
+        // reads from the descriptor it just opened.
+        // SAFETY: helper with a signal number.
+        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
+    }
+    if policy::filtering() && verdict.action < action::LOG {
+        return Ok(0); // counted, not logged: no record crosses to user space
     }
     let p: &mut FileOpen = rec.payload();
     p.syscall = args.syscall;
@@ -199,4 +215,35 @@ fn try_exit_open(ctx: &TracePointContext) -> Result<u32, u32> {
     p.dir_len = dir_len;
     rec.emit();
     Ok(0)
+}
+
+/// The policy verdict for an open. A successful open is matched on the
+/// opened file's own path (resolved: `..`, symlinks and relative paths cannot
+/// dodge a rule); a refused one on the path it asked for when that is absolute.
+#[inline(always)]
+fn match_open(
+    rec: &Record,
+    task: u64,
+    ret: i64,
+    path_start: usize,
+    path_len: u32,
+    cgroup_id: u64,
+    ops: u8,
+) -> policy::Verdict {
+    let Some(buf) = policy::scratch() else { return policy::Verdict::NONE };
+    let len = if ret >= 0 {
+        let Ok(root) = task_root(task) else { return policy::Verdict::NONE };
+        let Ok(file) = fd_file(task, ret) else { return policy::Verdict::NONE };
+        let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else { return policy::Verdict::NONE };
+        forward_path(buf, dentry, mnt, root)
+    } else if path_len > 1 && rec.byte_at(path_start) == b'/' {
+        let len = (path_len - 1) as usize;
+        if !rec.copy_out(path_start, len, buf) {
+            return policy::Verdict::NONE;
+        }
+        len
+    } else {
+        return policy::Verdict::NONE;
+    };
+    policy::match_file(buf, len, cgroup_id, ops)
 }

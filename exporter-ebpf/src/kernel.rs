@@ -26,6 +26,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     dentry_parent: 0,
     dentry_name: 0,
     qstr_name: 0,
+    qstr_len: 0,
     mount_mnt: 0,
     mount_parent: 0,
     mount_mountpoint: 0,
@@ -101,66 +102,124 @@ pub fn parent_tgid(task: u64) -> Result<u32, u32> {
     read(parent, off!(task_tgid))
 }
 
-/// Appends a directory path as reversed NUL-terminated components, walking
-/// `d_parent` and crossing mounts up to the task's root (so paths are as the
-/// process sees them, chroot and container root included). Returns the bytes
-/// appended.
-#[inline(never)]
-pub fn push_path(rec: &mut Record, dentry: u64, vfsmnt: u64, root: (u64, u64)) -> u32 {
-    let start = rec.len();
+/// Walks a path from `dentry` up `d_parent`, crossing mounts through
+/// `mount.mnt_parent` / `mnt_mountpoint`, to the task's root (so chroots and
+/// container roots give the path as the process sees it). Calls `visit(name,
+/// len)` for each component, leaf first; `visit` returns false to stop.
+/// Returns true when the root was reached.
+#[inline(always)]
+fn walk_path(dentry: u64, vfsmnt: u64, root: (u64, u64), mut visit: impl FnMut(u64, u32) -> bool) -> bool {
     let mut dentry = dentry;
     let mut vfsmnt = vfsmnt;
     let mut mnt = vfsmnt.wrapping_sub(off!(mount_mnt));
-    let mut reached_root = false;
     for _ in 0..MAX_PATH_DEPTH {
         if dentry == root.0 && vfsmnt == root.1 {
-            reached_root = true;
-            break;
+            return true;
         }
-        let Ok(mnt_root) = read::<u64>(vfsmnt, off!(vfsmount_root)) else {
-            break;
-        };
+        let Ok(mnt_root) = read::<u64>(vfsmnt, off!(vfsmount_root)) else { return false };
         if dentry == mnt_root {
             // Top of this mount: continue from where it is mounted.
-            let Ok(parent) = read::<u64>(mnt, off!(mount_parent)) else {
-                break;
-            };
+            let Ok(parent) = read::<u64>(mnt, off!(mount_parent)) else { return false };
             if parent == mnt {
-                reached_root = true;
-                break;
+                return true;
             }
-            let Ok(mountpoint) = read::<u64>(mnt, off!(mount_mountpoint)) else {
-                break;
-            };
+            let Ok(mountpoint) = read::<u64>(mnt, off!(mount_mountpoint)) else { return false };
             dentry = mountpoint;
             mnt = parent;
             vfsmnt = mnt + off!(mount_mnt);
             continue;
         }
-        let Ok(parent) = read::<u64>(dentry, off!(dentry_parent)) else {
-            break;
-        };
+        let Ok(parent) = read::<u64>(dentry, off!(dentry_parent)) else { return false };
         if parent == dentry {
-            reached_root = true;
-            break;
+            return true;
         }
-        let Ok(name) = read::<u64>(dentry, off!(dentry_name) + off!(qstr_name)) else {
-            break;
-        };
-        if rec.push_kernel_str(name, MAX_NAME as u32) == 0 {
-            break;
+        let Ok(name) = read::<u64>(dentry, off!(dentry_name) + off!(qstr_name)) else { return false };
+        let Ok(len) = read::<u32>(dentry, off!(dentry_name) + off!(qstr_len)) else { return false };
+        if !visit(name, len) {
+            return false;
         }
         dentry = parent;
     }
+    false
+}
+
+/// Appends a directory path as reversed NUL-terminated components. Returns
+/// the bytes appended.
+#[inline(never)]
+pub fn push_path(rec: &mut Record, dentry: u64, vfsmnt: u64, root: (u64, u64)) -> u32 {
+    let start = rec.len();
+    let reached_root =
+        walk_path(dentry, vfsmnt, root, |name, _len| rec.push_kernel_str(name, MAX_NAME as u32) != 0);
     if !reached_root {
         rec.flag(flags::DIR_TRUNCATED);
     }
     (rec.len() - start) as u32
 }
 
+/// Writes the absolute path of (dentry, vfsmnt) into `out[0..len]` (no NUL),
+/// for policy matching. Components are written backwards from the end of the
+/// 256-byte window `out[256..512]` (the caller's buffer is 512 bytes), then
+/// moved to the front. Returns the length, 0 when the path is longer than the
+/// window or the walk failed: such a path matches no rule. (A plain length,
+/// not an Option: BPF calls have five argument registers and no stack arguments.)
+#[inline(never)]
+pub fn forward_path(out: *mut u8, dentry: u64, vfsmnt: u64, root: (u64, u64)) -> usize {
+    const WINDOW: usize = 256;
+    // The write position lives in the buffer (bytes 1024..1028), read and
+    // written volatile: a value loaded from map memory is an unknown scalar to
+    // the verifier, so every iteration has the same state and the loop prunes.
+    // SAFETY: the caller's buffer is at least 1536 bytes.
+    let pos_slot = unsafe { out.add(1024) as *mut u32 };
+    let get = || unsafe { core::ptr::read_volatile(pos_slot) } as usize;
+    let set = |v: usize| unsafe { core::ptr::write_volatile(pos_slot, v as u32) };
+    set(WINDOW);
+    let reached_root = walk_path(dentry, vfsmnt, root, |name, len| {
+        let len = len as usize;
+        let pos = get();
+        if len == 0 || pos > WINDOW || len + 1 > pos {
+            set(0);
+            return false;
+        }
+        set(pos - len);
+        // Re-read before masking: LLVM would drop a mask it can prove redundant,
+        // and the verifier needs it to bound the offset.
+        let at = get() & (WINDOW - 1);
+        // SAFETY: WINDOW + at + len < 3 * WINDOW, inside the buffer.
+        unsafe {
+            bpf_probe_read_kernel(
+                out.add(WINDOW + at) as *mut c_void,
+                (len & (WINDOW - 1)) as u32,
+                name as *const c_void,
+            );
+        }
+        set(get().wrapping_sub(1));
+        let at = get() & (WINDOW - 1);
+        // SAFETY: as above.
+        unsafe { *out.add(WINDOW + at) = b'/' };
+        true
+    });
+    let pos = get();
+    if !reached_root || pos == 0 || pos > WINDOW {
+        return 0;
+    }
+    if pos == WINDOW {
+        // The root itself.
+        // SAFETY: inside the buffer.
+        unsafe { *out = b'/' };
+        return 1;
+    }
+    let at = get() & (WINDOW - 1);
+    let len = (WINDOW - at) & (WINDOW - 1);
+    // SAFETY: source and destination lie inside the buffer.
+    unsafe {
+        bpf_probe_read_kernel(out as *mut c_void, len as u32, out.add(WINDOW + at) as *const c_void);
+    }
+    len
+}
+
 /// (dentry, vfsmount) of a `struct path` embedded at `base + offset`.
 #[inline(always)]
-fn path_at(base: u64, offset: u64) -> Result<(u64, u64), u32> {
+pub fn path_at(base: u64, offset: u64) -> Result<(u64, u64), u32> {
     let dentry: u64 = read(base, offset + off!(path_dentry))?;
     let mnt: u64 = read(base, offset + off!(path_mnt))?;
     Ok((dentry, mnt))
@@ -168,7 +227,7 @@ fn path_at(base: u64, offset: u64) -> Result<(u64, u64), u32> {
 
 /// The task's root directory (chroot / container root).
 #[inline(always)]
-fn task_root(task: u64) -> Result<(u64, u64), u32> {
+pub fn task_root(task: u64) -> Result<(u64, u64), u32> {
     let fs: u64 = read(task, off!(task_fs))?;
     path_at(fs, off!(fs_root))
 }

@@ -12,6 +12,7 @@ mod counters;
 mod file;
 mod kernel;
 mod net;
+mod policy;
 mod process;
 mod record;
 

@@ -12,13 +12,15 @@ use aya_ebpf::{
     programs::{SockAddrContext, TracePointContext},
 };
 use podwatch_common::{
-    counter, kind, offsets, stat, Net, AF_INET, AF_INET6, DIRECTION_EGRESS, DIRECTION_INGRESS, IPPROTO_TCP,
-    IPPROTO_UDP,
+    action, counter, kind, offsets,
+    policy::{NET_EGRESS, NET_INGRESS, NET_TCP, NET_UDP},
+    stat, Net, AF_INET, AF_INET6, DIRECTION_EGRESS, DIRECTION_INGRESS, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     counters,
     kernel::{current_task, fd_file, has, off, read},
+    policy,
     record::{count, current_is_agent, Owner, Record},
 };
 
@@ -28,16 +30,32 @@ struct SockOwner {
     owner: Owner,
     /// kind::TCP_CONNECT or kind::TCP_ACCEPT: which side this process is on.
     side: u16,
-    _pad: [u16; 3],
+    rule: u16,
+    action: u8,
+    _pad: [u8; 3],
 }
 
 #[map]
 static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
 
+/// The cgroup connect hook's verdict for a TCP connect, by thread, until the
+/// same thread's CLOSE→SYN_SENT moves it onto the socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PendingVerdict {
+    rule: u16,
+    action: u8,
+    _pad: [u8; 5],
+}
+
+#[map]
+static CONNECT_VERDICTS: LruHashMap<u64, PendingVerdict> = LruHashMap::with_max_entries(16384, 0);
+
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
+const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const RCV_SHUTDOWN: u8 = 1;
 
@@ -81,7 +99,13 @@ fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         if current_is_agent() {
             return Ok(0);
         }
-        let o = SockOwner { owner: Owner::current(), side: kind::TCP_CONNECT, _pad: [0; 3] };
+        // SAFETY: helper without arguments.
+        let tid = unsafe { aya_ebpf::helpers::generated::bpf_get_current_pid_tgid() };
+        // SAFETY: value copied out before removal.
+        let v = (unsafe { CONNECT_VERDICTS.get(&tid) }).copied();
+        let _ = CONNECT_VERDICTS.remove(&tid);
+        let (rule, action) = v.map(|v| (v.rule, v.action)).unwrap_or((0, action::NONE));
+        let o = SockOwner { owner: Owner::current(), side: kind::TCP_CONNECT, rule, action, _pad: [0; 3] };
         let _ = SOCK_OWNERS.insert(&sk, &o, 0);
         return Ok(0);
     }
@@ -105,6 +129,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
 
     let mut rec = Record::new(record_kind).ok_or(0u32)?;
     rec.set_owner(&owner.owner);
+    rec.set_verdict(owner.rule, owner.action);
     let family: u16 = tp(ctx, SK_FAMILY)?;
     let p: &mut Net = rec.payload();
     p.family = family;
@@ -150,8 +175,13 @@ fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         (counter::CLOSE, 0)
     };
     let (sent, received) = (p.bytes_sent, p.bytes_received);
-    let k = counters::key(owner.owner.cgroup_id, counter_kind, IPPROTO_TCP as u8, outcome, direction);
+    let mut k = counters::key(owner.owner.cgroup_id, counter_kind, IPPROTO_TCP as u8, outcome, direction);
+    k.rule = owner.rule;
+    k.action = owner.action;
     counters::add(&k, sent, received);
+    if policy::filtering() && owner.action < action::LOG {
+        return Ok(0);
+    }
     rec.emit();
     Ok(0)
 }
@@ -185,9 +215,6 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     if family != AF_INET && family != AF_INET6 {
         return Ok(0); // unix sockets and friends
     }
-    let o = SockOwner { owner: Owner::current(), side: kind::TCP_ACCEPT, _pad: [0; 3] };
-    let _ = SOCK_OWNERS.insert(&sk, &o, 0);
-
     let mut rec = Record::new(kind::TCP_ACCEPT).ok_or(0u32)?;
     let p: &mut Net = rec.payload();
     p.family = family;
@@ -204,62 +231,123 @@ fn try_accept(ctx: &TracePointContext) -> Result<u32, u32> {
         p.daddr[..4].copy_from_slice(&d);
     }
     p.side = kind::TCP_ACCEPT;
-    let k = counters::key(rec.header().cgroup_id, counter::ACCEPT, IPPROTO_TCP as u8, 0, DIRECTION_INGRESS);
+    // Ingress rules match the peer's address and our (the service's) port.
+    let (peer, local_port) = (p.daddr, p.sport);
+    let cgroup_id = rec.header().cgroup_id;
+    let v = policy::match_addr(&peer, family == AF_INET6, local_port, cgroup_id, NET_TCP | NET_INGRESS);
+    rec.set_verdict(v.rule, v.action);
+    let o = SockOwner {
+        owner: Owner::current(),
+        side: kind::TCP_ACCEPT,
+        rule: v.rule,
+        action: v.action,
+        _pad: [0; 3],
+    };
+    let _ = SOCK_OWNERS.insert(&sk, &o, 0);
+    let mut k = counters::key(cgroup_id, counter::ACCEPT, IPPROTO_TCP as u8, 0, DIRECTION_INGRESS);
+    k.rule = v.rule;
+    k.action = v.action;
     counters::add(&k, 0, 0);
+    if policy::filtering() && v.action < action::LOG {
+        return Ok(0);
+    }
     rec.emit();
     Ok(0)
 }
 
-/// UDP destination from a cgroup sock_addr hook. Always allows (returns 1).
+/// A destination from a cgroup sock_addr hook (connect or sendmsg): judged by
+/// policy; returns 0 to refuse it (the syscall fails with EPERM), 1 to allow.
 #[inline(always)]
-fn udp_dest(ctx: &SockAddrContext, record_kind: u16, family: u16) {
+fn judge_destination(ctx: &SockAddrContext, hook: u16, family: u16) -> i32 {
     // SAFETY: the context pointer is the kernel's bpf_sock_addr.
     let sa = unsafe { &*ctx.sock_addr };
-    if sa.type_ != SOCK_DGRAM || current_is_agent() {
-        return;
+    if current_is_agent() {
+        return 1;
     }
-    let Some(mut rec) = Record::new(record_kind) else {
-        return;
-    };
-    let p: &mut Net = rec.payload();
-    p.family = family;
-    p.protocol = IPPROTO_UDP;
-    p.dport = u16::from_be(sa.user_port as u16);
+    let udp = sa.type_ == SOCK_DGRAM;
+    if !udp && sa.type_ != SOCK_STREAM {
+        return 1;
+    }
+    let mut daddr = [0u8; 16];
     if family == AF_INET6 {
         let ip = sa.user_ip6;
-        let mut b = [0u8; 16];
-        b[0..4].copy_from_slice(&ip[0].to_ne_bytes());
-        b[4..8].copy_from_slice(&ip[1].to_ne_bytes());
-        b[8..12].copy_from_slice(&ip[2].to_ne_bytes());
-        b[12..16].copy_from_slice(&ip[3].to_ne_bytes());
-        p.daddr = b;
+        daddr[0..4].copy_from_slice(&ip[0].to_ne_bytes());
+        daddr[4..8].copy_from_slice(&ip[1].to_ne_bytes());
+        daddr[8..12].copy_from_slice(&ip[2].to_ne_bytes());
+        daddr[12..16].copy_from_slice(&ip[3].to_ne_bytes());
     } else {
-        let ip = sa.user_ip4;
-        p.daddr[..4].copy_from_slice(&ip.to_ne_bytes());
+        daddr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
     }
-    rec.emit();
+    let dport = u16::from_be(sa.user_port as u16);
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { aya_ebpf::helpers::generated::bpf_get_current_cgroup_id() };
+    let proto_bit = if udp { NET_UDP } else { NET_TCP };
+    let v = policy::match_addr(&daddr, family == AF_INET6, dport, cgroup_id, proto_bit | NET_EGRESS);
+    let deny = v.action == action::DENY;
+
+    if !udp && !deny {
+        // An allowed TCP connect is reported when its handshake ends
+        // (inet_sock_set_state); hand the verdict over to that.
+        // SAFETY: helper without arguments.
+        let tid = unsafe { aya_ebpf::helpers::generated::bpf_get_current_pid_tgid() };
+        if v.rule != 0 {
+            let _ = CONNECT_VERDICTS.insert(
+                &tid,
+                &PendingVerdict { rule: v.rule, action: v.action, _pad: [0; 5] },
+                0,
+            );
+        }
+        return 1;
+    }
+    let (record_kind, counter_kind, protocol) = if !udp {
+        (kind::TCP_CONNECT, counter::CONNECT, IPPROTO_TCP)
+    } else if hook == kind::UDP_SEND {
+        (kind::UDP_SEND, counter::SEND, IPPROTO_UDP)
+    } else {
+        (kind::UDP_CONNECT, counter::CONNECT, IPPROTO_UDP)
+    };
+    let mut k = counters::key(cgroup_id, counter_kind, protocol as u8, deny as u8, DIRECTION_EGRESS);
+    k.rule = v.rule;
+    k.action = v.action;
+    counters::add(&k, 0, 0);
+    if !policy::filtering() || v.action >= action::LOG {
+        if let Some(mut rec) = Record::new(record_kind) {
+            rec.set_verdict(v.rule, v.action);
+            let p: &mut Net = rec.payload();
+            p.family = family;
+            p.protocol = protocol;
+            p.dport = dport;
+            p.daddr = daddr;
+            p.side = kind::TCP_CONNECT;
+            if deny {
+                p.result = -1; // EPERM
+            }
+            rec.emit();
+        }
+    }
+    if deny {
+        0
+    } else {
+        1
+    }
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    udp_dest(&ctx, kind::UDP_CONNECT, AF_INET);
-    1
+    judge_destination(&ctx, kind::UDP_CONNECT, AF_INET)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    udp_dest(&ctx, kind::UDP_CONNECT, AF_INET6);
-    1
+    judge_destination(&ctx, kind::UDP_CONNECT, AF_INET6)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    udp_dest(&ctx, kind::UDP_SEND, AF_INET);
-    1
+    judge_destination(&ctx, kind::UDP_SEND, AF_INET)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    udp_dest(&ctx, kind::UDP_SEND, AF_INET6);
-    1
+    judge_destination(&ctx, kind::UDP_SEND, AF_INET6)
 }

@@ -7,12 +7,13 @@ use aya_ebpf::{
     EbpfContext,
 };
 use podwatch_common::{
-    counter, flags, kind, offsets, Exec, Exit, Fork, FNV_OFFSET, FNV_PRIME, HASHED_PATH, MAX_STR,
+    action, counter, flags, kind, offsets, Exec, Exit, Fork, FNV_OFFSET, FNV_PRIME, HASHED_PATH, MAX_STR,
 };
 
 use crate::{
     counters,
     kernel::{current_task, has, off, parent_tgid, push_cwd, read},
+    policy,
     record::{current_is_agent, Record},
 };
 
@@ -49,6 +50,23 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
             h = h.wrapping_mul(FNV_PRIME);
         }
         key.binary = h;
+    }
+    // Policy: match the exec'd path; a kill rule stops the new image before it runs.
+    let mut verdict = policy::Verdict::NONE;
+    if filename_len > 1 {
+        if let Some(buf) = policy::scratch() {
+            let len = (filename_len - 1) as usize;
+            if rec.copy_out(filename_start, len, buf) {
+                verdict = policy::match_exec(buf, len, key.cgroup_id);
+            }
+        }
+    }
+    key.rule = verdict.rule;
+    key.action = verdict.action;
+    rec.set_verdict(verdict.rule, verdict.action);
+    if verdict.action == action::KILL {
+        // SAFETY: helper with a signal number.
+        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
     }
     counters::add(&key, 0, 0);
 

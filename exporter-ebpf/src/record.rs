@@ -177,6 +177,32 @@ impl Record {
         unsafe { *self.buf.add(off & (MAX_RECORD - 1)) }
     }
 
+    /// Copies `len` bytes of the record from `off` into `dst` (for policy
+    /// matching, which needs the path in its own buffer). False if out of range.
+    #[inline(always)]
+    pub fn copy_out(&self, off: usize, len: usize, dst: *mut u8) -> bool {
+        if off >= MAX_RECORD || len == 0 || len > 511 {
+            return false;
+        }
+        // SAFETY: source inside the scratch buffer (off < MAX_RECORD, len < 512 <
+        // SCRATCH_SIZE - MAX_RECORD); destination is a 512-byte region.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                dst as *mut c_void,
+                (len & 511) as u32,
+                self.buf.add(off & (MAX_RECORD - 1)) as *const c_void,
+            ) == 0
+        }
+    }
+
+    /// Sets the policy verdict in the header.
+    #[inline(always)]
+    pub fn set_verdict(&mut self, rule: u16, action: u8) {
+        let h = self.header();
+        h.rule = rule;
+        h.action = action;
+    }
+
     /// Where the next string goes, or None when the record is full. The mask is
     /// redundant with the check but keeps the verifier's bound obvious.
     #[inline(always)]
@@ -261,6 +287,9 @@ impl Record {
             counters::add(&counters::key(cgroup_id, counter::LOST, kind as u8, 0, 0), 0, 0);
         } else {
             count(stat::RECORDS);
+            let h = self.header();
+            let (cgroup_id, kind) = (h.cgroup_id, h.kind);
+            counters::add(&counters::key(cgroup_id, counter::RECORD, kind as u8, 0, 0), 0, 0);
         }
     }
 }

@@ -20,17 +20,22 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray};
 use podwatch_common::stat;
-use tokio::{io::unix::AsyncFd, net::TcpListener, sync::broadcast};
-use tracing::{info, warn};
+use tokio::{
+    io::unix::AsyncFd,
+    net::TcpListener,
+    sync::{broadcast, Notify},
+};
+use tracing::{error, info, warn};
 
 use crate::{
     cgroup::{cgroup2_mount, CgroupResolver},
-    config::{AgentConfig, MetadataConfig},
+    config::{AgentConfig, EventsMode, MetadataConfig},
     decode::decode,
     enrich::Enricher,
     metadata::{self, PodStore},
     metrics::{BinaryNames, KernelCounters, Metrics},
     output,
+    policy::{self, engine::PolicyEngine},
     proc_cache::ProcessCache,
     sensors,
     server::{self, ServerState},
@@ -66,6 +71,101 @@ fn start_metadata(cfg: &AgentConfig, store: Arc<PodStore>) {
     }
 }
 
+/// Names and sizes of the policy files, to notice edits (ConfigMap updates
+/// swap a symlink, which changes the inode behind each name).
+fn dir_fingerprint(dir: &std::path::Path) -> Vec<(String, u64, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let m = std::fs::metadata(e.path()).ok()?;
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        m.ino(),
+                        m.len(),
+                        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Keeps the kernel's policies current: reloads on SIGHUP and when the
+/// directory changes (a rejected set leaves the running one in force), and
+/// gives new or changed cgroups their policy masks.
+async fn policy_loop(
+    mut engine: PolicyEngine,
+    dir: Option<std::path::PathBuf>,
+    caps: policy::Capabilities,
+    cgroups: Arc<Mutex<CgroupResolver>>,
+    pods: Arc<PodStore>,
+    cgroup_created: Arc<Notify>,
+    ready: Arc<AtomicBool>,
+) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!("no SIGHUP reloads: {e}");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut fingerprint = dir.as_deref().map(dir_fingerprint);
+    loop {
+        let mut reload = false;
+        tokio::select! {
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
+                info!("SIGHUP: reloading policies");
+                reload = true;
+            }
+            _ = cgroup_created.notified() => {}
+            _ = tick.tick() => {
+                if let Some(d) = &dir {
+                    let now = dir_fingerprint(d);
+                    if fingerprint.as_ref() != Some(&now) {
+                        fingerprint = Some(now);
+                        reload = true;
+                    }
+                }
+            }
+        }
+        let (entries, gone) = {
+            let Ok(mut c) = cgroups.lock() else { continue };
+            let (alive, gone): (Vec<_>, Vec<_>) = c.entries().into_iter().partition(|(_, p)| c.exists(p));
+            let gone: Vec<u64> = gone.into_iter().map(|(id, _)| id).collect();
+            for id in &gone {
+                c.forget(*id);
+            }
+            (alive, gone)
+        };
+        if reload {
+            if let Some(d) = &dir {
+                match policy::load_dir(d, caps) {
+                    Ok(set) => match engine.apply(set, &entries, &pods) {
+                        Ok(()) => info!(policies = engine.policies().len(), "policy set reloaded"),
+                        Err(e) => error!("policy set not loaded, the previous set stays in force: {e:#}"),
+                    },
+                    Err(e) => {
+                        engine.status.reloads_failed.fetch_add(1, Relaxed);
+                        if let Ok(mut last) = engine.status.last_error.write() {
+                            *last = Some(e.to_string());
+                        }
+                        error!("policy set rejected, the previous set stays in force: {e}");
+                    }
+                }
+            }
+        }
+        engine.refresh(&entries, &gone, &pods);
+        if pods.synced() {
+            ready.store(true, Relaxed);
+        }
+    }
+}
+
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let stats = Arc::new(AgentStats::default());
     let (events_tx, _) = broadcast::channel(cfg.queue_capacity.min(1 << 16));
@@ -81,6 +181,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         sensors: Mutex::new(Vec::new()),
         metrics: Mutex::new(None),
         pods: pods.clone(),
+        policy_ready: Arc::new(AtomicBool::new(false)),
     });
     // Listen first so /healthz answers while programs load.
     let listener =
@@ -98,8 +199,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let cgroups = Arc::new(Mutex::new(CgroupResolver::new(cgroup_root.clone())));
     let binaries = Arc::new(BinaryNames::default());
     info!(processes = seeded, "process cache seeded");
-    let mut enricher =
-        Enricher::new(cfg.node_name.clone(), procs, cgroups.clone(), pods.clone(), binaries.clone());
+    let policy_caps = policy::Capabilities::probe();
+    let initial_policies = match &cfg.policy_dir {
+        Some(dir) => policy::load_dir(dir, policy_caps)?,
+        None => policy::parse(policy::BUILTIN_DEFAULT, "built-in default policy", policy_caps)?,
+    };
 
     let sensors = sensors::load(&sensors::LoadOptions {
         ring_buffer_bytes: cfg.ring_buffer_bytes,
@@ -108,18 +212,59 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         cgroup_root: cgroup_root.as_deref(),
     })?;
     *state.sensors.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sensors.status.clone();
-    let sensors::Sensors { events, stats: kernel_stats, counters, ebpf: _programs, status, .. } = sensors;
+    let sensors::Sensors {
+        events,
+        stats: kernel_stats,
+        counters,
+        policy: policy_maps,
+        ebpf: _programs,
+        status,
+        ..
+    } = sensors;
 
-    let metrics = Arc::new(Metrics::new(
-        Box::new(KernelCounters::new(counters, cfg.counter_capacity)),
-        stats.clone(),
+    let mut engine = PolicyEngine::new(policy_maps, cfg.events == EventsMode::Matched);
+    let entries = cgroups.lock().map(|c| c.entries()).unwrap_or_default();
+    engine.apply(initial_policies, &entries, &pods).context("loading the initial policy set")?;
+    info!(
+        policies = engine.policies().len(),
+        source = %cfg.policy_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "built-in default".into()),
+        "policies loaded"
+    );
+    let rule_names = engine.names.clone();
+    let policy_status = engine.status.clone();
+    let cgroup_created = Arc::new(Notify::new());
+    tokio::spawn(policy_loop(
+        engine,
+        cfg.policy_dir.clone(),
+        policy_caps,
         cgroups.clone(),
         pods.clone(),
-        binaries,
-        cfg.metric_labels,
-        status,
-        cfg.deleted_pod_grace,
+        cgroup_created.clone(),
+        state.policy_ready.clone(),
     ));
+    let mut enricher = Enricher::new(
+        cfg.node_name.clone(),
+        procs,
+        cgroups.clone(),
+        pods.clone(),
+        binaries.clone(),
+        rule_names.clone(),
+    );
+    enricher.cgroup_created = Some(cgroup_created);
+
+    let metrics = Arc::new(
+        Metrics::new(
+            Box::new(KernelCounters::new(counters, cfg.counter_capacity)),
+            stats.clone(),
+            cgroups.clone(),
+            pods.clone(),
+            binaries,
+            cfg.metric_labels,
+            status,
+            cfg.deleted_pod_grace,
+        )
+        .with_policy(rule_names, policy_status),
+    );
     *state.metrics.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(metrics.clone());
 
     let out = output::spawn(cfg.output.clone(), cfg.queue_capacity, stats.clone())?;

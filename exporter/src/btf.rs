@@ -221,6 +221,7 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         o.dentry_parent = get("dentry", "d_parent")?;
         o.dentry_name = get("dentry", "d_name")?;
         o.qstr_name = get("qstr", "name")?;
+        o.qstr_len = get("qstr", "len")?;
         o.mount_mnt = get("mount", "mnt")?;
         o.mount_parent = get("mount", "mnt_parent")?;
         o.mount_mountpoint = get("mount", "mnt_mountpoint")?;

@@ -143,6 +143,16 @@ impl CgroupResolver {
         self.paths.get(&id).cloned()
     }
 
+    /// Every known (id, path).
+    pub fn entries(&self) -> Vec<(u64, String)> {
+        self.paths.iter().map(|(id, p)| (*id, p.clone())).collect()
+    }
+
+    /// Forgets a cgroup (its directory is gone).
+    pub fn forget(&mut self, id: u64) {
+        self.paths.remove(&id);
+    }
+
     /// The known path, without re-walking on a miss.
     pub fn peek(&self, id: u64) -> Option<String> {
         self.paths.get(&id).cloned()

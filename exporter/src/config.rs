@@ -34,6 +34,15 @@ pub enum MetadataSource {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum EventsMode {
+    /// Only events a log, kill or deny rule matched.
+    Matched,
+    /// Every event (policies still count, kill and deny).
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -101,6 +110,16 @@ pub struct RunArgs {
     /// API server URL overriding in-cluster config and kubeconfig (YAML: metadata.api_server).
     #[arg(long, env = "PODWATCH_KUBE_API_SERVER")]
     pub kube_api_server: Option<String>,
+    /// Directory of policy YAML files, reloaded on change and on SIGHUP
+    /// (YAML: policies.dir). Default: the built-in observe-only policy.
+    #[arg(long, env = "PODWATCH_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Which file and network events reach user space (YAML: policies.events):
+    /// `matched` only those a log, kill or deny rule matched (the rest are only
+    /// counted, in the kernel); `all` every one. Execs and exits are always
+    /// reported. Default matched.
+    #[arg(long, env = "PODWATCH_EVENTS", value_enum)]
+    pub events: Option<EventsMode>,
     /// Log format (YAML: log.format). Default text.
     #[arg(long, env = "PODWATCH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -121,6 +140,14 @@ struct FileConfig {
     log: Option<FileLog>,
     metrics: Option<FileMetrics>,
     metadata: Option<FileMetadata>,
+    policies: Option<FilePolicies>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePolicies {
+    dir: Option<PathBuf>,
+    events: Option<EventsMode>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +206,8 @@ pub struct AgentConfig {
     pub deleted_pod_grace: Duration,
     pub counter_capacity: u32,
     pub metadata: MetadataConfig,
+    pub policy_dir: Option<PathBuf>,
+    pub events: EventsMode,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -209,6 +238,7 @@ impl RunArgs {
         let fl = file.log.unwrap_or_default();
         let fm = file.metrics.unwrap_or_default();
         let fmd = file.metadata.unwrap_or_default();
+        let fpol = file.policies.unwrap_or_default();
 
         let kind = self.output.or(fo.kind).unwrap_or(OutputKind::Stdout);
         let output = match kind {
@@ -261,6 +291,8 @@ impl RunArgs {
             },
         };
         Ok(AgentConfig {
+            policy_dir: self.policy_dir.clone().or(fpol.dir),
+            events: self.events.or(fpol.events).unwrap_or(EventsMode::Matched),
             metric_labels,
             deleted_pod_grace: Duration::from_secs(
                 self.deleted_pod_grace_seconds.or(fm.deleted_pod_grace_seconds).unwrap_or(300),

@@ -20,6 +20,7 @@ use crate::{
     },
     metadata::PodStore,
     metrics::{file_op_name, BinaryNames},
+    policy::{engine::RuleNames, Action},
     proc_cache::{ProcessCache, ProcessInfo},
 };
 
@@ -30,6 +31,9 @@ pub struct Enricher {
     pub cgroups: Arc<Mutex<CgroupResolver>>,
     pub pods: Arc<PodStore>,
     pub binaries: Arc<BinaryNames>,
+    pub rules: Arc<RuleNames>,
+    /// Woken when a cgroup is created, so its policy mask is set at once.
+    pub cgroup_created: Option<Arc<tokio::sync::Notify>>,
     /// realtime − boottime, to turn `bpf_ktime_get_boot_ns` into wall-clock time.
     boot_to_unix_ns: i128,
 }
@@ -48,9 +52,10 @@ impl Enricher {
         cgroups: Arc<Mutex<CgroupResolver>>,
         pods: Arc<PodStore>,
         binaries: Arc<BinaryNames>,
+        rules: Arc<RuleNames>,
     ) -> Enricher {
         let boot_to_unix_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
-        Enricher { node, procs, cgroups, pods, binaries, boot_to_unix_ns }
+        Enricher { node, procs, cgroups, pods, binaries, rules, cgroup_created: None, boot_to_unix_ns }
     }
 
     fn time(&self, ktime_ns: u64) -> String {
@@ -109,7 +114,7 @@ impl Enricher {
     fn base(&mut self, h: &Header, kind: Kind) -> Event {
         let process = self.process(h);
         let (cgroup, pod) = self.pod(h.cgroup_id);
-        Event {
+        let mut ev = Event {
             time: self.time(h.ktime_ns),
             node: self.node.clone(),
             kind,
@@ -119,7 +124,18 @@ impl Enricher {
             file: None,
             network: None,
             exit: None,
+            policy: None,
+            rule: None,
+            action: None,
+        };
+        if h.rule != 0 {
+            if let Some(info) = self.rules.get(h.rule) {
+                ev.policy = Some(info.policy);
+                ev.rule = Some(info.rule);
+            }
         }
+        ev.action = Action::name_of(h.action).map(str::to_owned);
+        ev
     }
 
     /// Housekeeping between batches: expire exited processes.
@@ -137,6 +153,9 @@ impl Enricher {
             Payload::CgroupMkdir { id, path } => {
                 if let Ok(mut c) = self.cgroups.lock() {
                     c.insert(id, lossless_string(&path));
+                }
+                if let Some(n) = &self.cgroup_created {
+                    n.notify_one();
                 }
                 None
             }

@@ -22,6 +22,33 @@ enum Command {
     Run(Box<RunArgs>),
     /// Attach to a running agent and print its events as they happen.
     Events(EventsArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory offline, with the same code the agent uses
+    /// to load it (and this kernel's capabilities); exit 1 on the first error.
+    Check {
+        /// Directory of *.yaml / *.yml policy files.
+        dir: std::path::PathBuf,
+    },
+}
+
+fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
+    let caps = podwatch::policy::Capabilities::probe();
+    let set = podwatch::policy::load_dir(dir, caps)?;
+    let compiled = podwatch::policy::compile::compile(&set, 1).map_err(anyhow::Error::msg)?;
+    for p in &set {
+        println!("{}: policy {} ({} rules)", p.source, p.name, p.rules.len());
+        for r in &p.rules {
+            println!("  - {} -> {:?}", r.name, r.action);
+        }
+    }
+    println!("ok: {} policies, {} rules", set.len(), compiled.rules.len());
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -77,6 +104,7 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Policy(PolicyCommand::Check { dir }) => policy_check(&dir),
         Command::Events(a) => {
             let filter = EventFilter { namespaces: a.namespaces, pods: a.pods, kinds: a.kinds };
             rt.block_on(podwatch::client::follow(&a.server, &filter, a.compact))

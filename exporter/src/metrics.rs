@@ -24,6 +24,7 @@ use prometheus_client::{
 use crate::{
     cgroup::{parse_kubelet_path, CgroupResolver},
     metadata::PodStore,
+    policy::engine::{PolicyStatus, RuleNames},
     sensors::SensorStatus,
     stats::AgentStats,
 };
@@ -163,6 +164,8 @@ pub struct Metrics {
     pub grace: Duration,
     gone_since: Mutex<HashMap<u64, Instant>>,
     last_scrape_seconds: Mutex<f64>,
+    rules: Arc<RuleNames>,
+    policy_status: Arc<PolicyStatus>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -263,7 +266,16 @@ impl Metrics {
             grace,
             gone_since: Mutex::new(HashMap::new()),
             last_scrape_seconds: Mutex::new(0.0),
+            rules: Arc::new(RuleNames::default()),
+            policy_status: Arc::new(PolicyStatus::default()),
         }
+    }
+
+    /// Names rule ids (policy label) and reports policy load state.
+    pub fn with_policy(mut self, rules: Arc<RuleNames>, status: Arc<PolicyStatus>) -> Metrics {
+        self.rules = rules;
+        self.policy_status = status;
+        self
     }
 
     /// Labels of a cgroup: its pod from the kubelet naming, names from the
@@ -352,14 +364,42 @@ impl Metrics {
             None,
         );
 
+        let mut records = Family::new(
+            "podwatch_ringbuf_records",
+            "Detailed records the kernel sent to user space (what policies asked to log).",
+            None,
+        );
+        let mut matches = Family::new(
+            "podwatch_policy_rule_matches",
+            "Events each policy rule matched, on every pod (counted in the kernel).",
+            None,
+        );
         let mut pod_cache: HashMap<u64, PodLabels> = HashMap::new();
         for (k, v) in entries {
             let p = pod_cache.entry(k.cgroup_id).or_insert_with(|| self.pod_labels(k.cgroup_id));
             let mut l = self.base(p);
+            let rule = (k.rule != 0).then(|| self.rules.get(k.rule)).flatten();
+            let policy_name = match (&rule, k.rule) {
+                (Some(r), _) => r.policy.clone(),
+                (None, 0) => String::new(),
+                (None, id) => format!("rule-{id}"),
+            };
             let policy = |l: &mut Labels| {
-                l.push(("policy", if k.rule == 0 { String::new() } else { format!("rule-{}", k.rule) }));
+                l.push(("policy", policy_name.clone()));
                 l.push(("action", action_name(k.action)));
             };
+            if k.rule != 0 && !matches!(k.kind, counter::LOST | counter::RECORD | counter::CLOSE) {
+                let rule_name =
+                    rule.as_ref().map(|r| r.rule.clone()).unwrap_or_else(|| format!("rule-{}", k.rule));
+                matches.add(
+                    vec![
+                        ("policy", policy_name.clone()),
+                        ("rule", rule_name),
+                        ("action", action_name(k.action)),
+                    ],
+                    v.events,
+                );
+            }
             match k.kind {
                 counter::EXEC => {
                     if self.labels.binary {
@@ -400,6 +440,10 @@ impl Metrics {
                     l.push(("kind", record_kind_name(k.op)));
                     lost.add(l, v.events);
                 }
+                counter::RECORD => {
+                    l.push(("kind", record_kind_name(k.op)));
+                    records.add(l, v.events);
+                }
                 _ => {}
             }
             if k.action == action::KILL || k.action == action::DENY {
@@ -408,7 +452,7 @@ impl Metrics {
                 enforced.add(l, v.events);
             }
         }
-        vec![exec, exits, files, conns, datagrams, sent, received, enforced, lost]
+        vec![exec, exits, files, conns, datagrams, sent, received, enforced, lost, records, matches]
     }
 
     /// Deletes the kernel counters of pods gone for longer than `grace`.
@@ -615,6 +659,38 @@ impl Metrics {
                     m.encode_family(&[("program", s.program.as_str()), ("hook", s.hook.as_str())])?,
                 )?;
             }
+        }
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let st = &self.policy_status;
+            gauge(
+                encoder,
+                "podwatch_policies_loaded",
+                "Policies in the active set.",
+                st.policies.load(Relaxed) as i64,
+            )?;
+            gauge(
+                encoder,
+                "podwatch_policy_rules_loaded",
+                "Rules in the active set.",
+                st.rules.load(Relaxed) as i64,
+            )?;
+            let mut m = encoder.encode_descriptor(
+                "podwatch_policy_reloads",
+                "Policy set loads by result (a failed load keeps the running set).",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(st.reloads_ok.load(Relaxed)).encode(m.encode_family(&[("result", "ok")])?)?;
+            ConstCounter::new(st.reloads_failed.load(Relaxed))
+                .encode(m.encode_family(&[("result", "error")])?)?;
+            let m = encoder.encode_descriptor(
+                "podwatch_policy_last_reload_success_timestamp",
+                "When the active policy set was loaded (Unix time).",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(st.last_success.load(Relaxed) as i64).encode(m)?;
         }
         {
             let secs = self.last_scrape_seconds.lock().map(|v| *v).unwrap_or(0.0);

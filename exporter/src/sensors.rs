@@ -14,7 +14,10 @@ use podwatch_common::{CounterKey, CounterValue, KernelOffsets};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use crate::btf::{kernel_offsets, Btf};
+use crate::{
+    btf::{kernel_offsets, Btf},
+    policy::engine::PolicyMaps,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SensorStatus {
@@ -32,6 +35,7 @@ pub struct Sensors {
     pub events: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
     pub counters: PerCpuHashMap<MapData, CounterKey, CounterValue>,
+    pub policy: PolicyMaps,
     pub offsets: KernelOffsets,
 }
 
@@ -153,7 +157,17 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Sensors> {
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
     let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map")?)?;
     let counters = PerCpuHashMap::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
-    Ok(Sensors { ebpf, status, events, stats, counters, offsets })
+    let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
+    let policy = PolicyMaps {
+        config: take("POLICY_CONFIG")?.try_into()?,
+        cgroups: take("CGROUP_POLICIES")?.try_into()?,
+        exec_paths: take("EXEC_PATHS")?.try_into()?,
+        exec_suffixes: take("EXEC_SUFFIXES")?.try_into()?,
+        file_paths: take("FILE_PATHS")?.try_into()?,
+        file_suffixes: take("FILE_SUFFIXES")?.try_into()?,
+        addrs: take("NET_ADDRS")?.try_into()?,
+    };
+    Ok(Sensors { ebpf, status, events, stats, counters, policy, offsets })
 }
 
 /// A field's offset in a tracepoint record, from tracefs's format file.

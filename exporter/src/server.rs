@@ -36,12 +36,14 @@ pub struct ServerState {
     /// Set once the kernel maps exist.
     pub metrics: std::sync::Mutex<Option<Arc<Metrics>>>,
     pub pods: Arc<PodStore>,
+    /// Set once every known cgroup has its policy mask, after metadata synced.
+    pub policy_ready: Arc<AtomicBool>,
 }
 
 impl ServerState {
     /// Ready: programs attached and the pod metadata source synced.
     fn is_ready(&self) -> bool {
-        self.ready.load(Relaxed) && self.pods.synced()
+        self.ready.load(Relaxed) && self.pods.synced() && self.policy_ready.load(Relaxed)
     }
 }
 
@@ -108,8 +110,10 @@ async fn route(
                 text(StatusCode::OK, "ready\n")
             } else if !state.ready.load(Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: sensors loading\n")
-            } else {
+            } else if !state.pods.synced() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: pod metadata not synced\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: applying policies to pods\n")
             }
         }
         "/stats" => json(&StatsReply {

@@ -208,6 +208,9 @@ mod tests {
             file: None,
             network: None,
             exit: Some(ExitStatus { code: Some(0), signal: None, core_dumped: false }),
+            policy: None,
+            rule: None,
+            action: None,
         }
     }
 

@@ -59,6 +59,9 @@ impl Agent {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(BIN)
             .args(["run", "--listen", &addr, "--log-level", "warn"])
+            // Every event unless a test says otherwise, so tests see what their
+            // processes did; policy tests pass `--events matched`.
+            .args(if extra.contains(&"--events") { &[][..] } else { &["--events", "all"][..] })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -84,14 +87,17 @@ impl Agent {
                 }
             });
         }
-        let agent = Agent { child, addr, events, bad_lines };
+        let mut agent = Agent { child, addr, events, bad_lines };
         agent.wait_ready();
         agent
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited before it was ready: {status} (its stderr is above)");
+            }
             if let Ok((200, _)) = http_get(&self.addr, "/readyz") {
                 return;
             }
@@ -127,6 +133,10 @@ impl Agent {
             Some(e) => e,
             None => panic!("no {what} event within 20 s; {} events seen", self.count()),
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn count(&self) -> usize {

@@ -17,3 +17,10 @@ mod load;
 mod metrics;
 mod network;
 mod pods;
+mod policy;
+
+// Sinks (no root needed): protocol doubles, a real Kafka broker, the tests.
+mod kafka_broker;
+mod loki_double;
+mod otlp_double;
+mod sinks;

@@ -2,7 +2,7 @@
  * Built static so the dynamic loader opens nothing behind our back.
  *   workload exec N        fork + execve(self, "noop") N times
  *   workload noop          exit 0
- *   workload open N PATH   open(PATH, O_RDONLY) + close, N times
+ *   workload open N PATH [US]  open(PATH, O_RDONLY) + close, N times, US microseconds apart
  *   workload connect N PORT  N TCP connects to 127.0.0.1:PORT, each closed at once
  */
 #include <arpa/inet.h>
@@ -34,10 +34,12 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (strcmp(argv[1], "open") == 0 && argc >= 4) {
+        long pause_us = argc >= 5 ? strtol(argv[4], NULL, 10) : 0;
         for (long i = 0; i < n; i++) {
             int fd = open(argv[3], O_RDONLY);
             if (fd < 0) return 1;
             close(fd);
+            if (pause_us > 0) usleep((useconds_t)pause_us);
         }
         return 0;
     }

@@ -1,0 +1,286 @@
+//! Puts a compiled policy set into the kernel, atomically, and keeps each
+//! cgroup's policy mask in step with pods and policies.
+//!
+//! Reload protocol (no event sees no policy or half a policy):
+//! 1. write every entry of the new set under the inactive generation byte;
+//! 2. write the new generation's mask of every known cgroup (the active
+//!    generation's masks stay as they are);
+//! 3. flip `PolicyConfig::active` — one array-element update, which the kernel
+//!    reads once per event;
+//! 4. delete the old generation's entries.
+//!
+//! Until step 3 every probe matches the old set completely; after it, the new
+//! one completely. The probes never stop, so no event is missed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use anyhow::Context as _;
+use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData};
+use podwatch_common::{CgroupPolicies, MatchSet, PolicyConfig, ADDR_KEY_LEN, PATH_KEY_LEN};
+
+use super::{
+    compile::{compile, Compiled, Prefix, RuleInfo},
+    Policy,
+};
+use crate::{cgroup::parse_kubelet_path, metadata::PodStore};
+
+type PathTrie = LpmTrie<MapData, [u8; PATH_KEY_LEN], MatchSet>;
+type AddrTrie = LpmTrie<MapData, [u8; ADDR_KEY_LEN], MatchSet>;
+
+/// The kernel maps policies live in.
+pub struct PolicyMaps {
+    pub config: Array<MapData, PolicyConfig>,
+    pub cgroups: BpfHashMap<MapData, u64, CgroupPolicies>,
+    pub exec_paths: PathTrie,
+    pub exec_suffixes: PathTrie,
+    pub file_paths: PathTrie,
+    pub file_suffixes: PathTrie,
+    pub addrs: AddrTrie,
+}
+
+/// Rule id → (policy, rule, action), for events and metrics. Old sets' rules
+/// stay (their counters may still be in the kernel).
+#[derive(Default, Debug)]
+pub struct RuleNames {
+    names: RwLock<HashMap<u16, RuleInfo>>,
+}
+
+impl RuleNames {
+    pub fn get(&self, id: u16) -> Option<RuleInfo> {
+        self.names.read().ok()?.get(&id).cloned()
+    }
+
+    fn extend(&self, rules: &[RuleInfo]) {
+        if let Ok(mut n) = self.names.write() {
+            for r in rules {
+                n.insert(r.id, r.clone());
+            }
+        }
+    }
+}
+
+/// Load state for /metrics.
+#[derive(Default, Debug)]
+pub struct PolicyStatus {
+    pub policies: std::sync::atomic::AtomicU64,
+    pub rules: std::sync::atomic::AtomicU64,
+    pub reloads_ok: std::sync::atomic::AtomicU64,
+    pub reloads_failed: std::sync::atomic::AtomicU64,
+    pub generation: std::sync::atomic::AtomicU64,
+    /// Unix seconds of the last successful load.
+    pub last_success: std::sync::atomic::AtomicU64,
+    pub last_error: RwLock<Option<String>>,
+}
+
+pub struct PolicyEngine {
+    maps: PolicyMaps,
+    active: u8,
+    policies: Vec<Policy>,
+    filter: bool,
+    next_rule_id: u16,
+    /// Mirror of the kernel's cgroup map.
+    masks: HashMap<u64, [u64; 2]>,
+    pub names: Arc<RuleNames>,
+    pub status: Arc<PolicyStatus>,
+}
+
+fn path_key(gen: u8, p: &Prefix) -> Key<[u8; PATH_KEY_LEN]> {
+    let mut data = [0u8; PATH_KEY_LEN];
+    data[0] = gen;
+    data[1..1 + p.data.len()].copy_from_slice(&p.data);
+    Key::new(8 + p.bits, data)
+}
+
+fn addr_key(gen: u8, v6: bool, p: &Prefix) -> Key<[u8; ADDR_KEY_LEN]> {
+    let mut data = [0u8; ADDR_KEY_LEN];
+    data[0] = (gen << 1) | v6 as u8;
+    data[1..1 + p.data.len()].copy_from_slice(&p.data);
+    Key::new(8 + p.bits, data)
+}
+
+fn write_paths(trie: &mut PathTrie, gen: u8, entries: &[(Prefix, MatchSet)]) -> anyhow::Result<()> {
+    for (p, set) in entries {
+        trie.insert(&path_key(gen, p), set, 0).context("writing a path rule to the kernel")?;
+    }
+    Ok(())
+}
+
+fn clear_paths(trie: &mut PathTrie, gen: u8) {
+    let old: Vec<_> = trie.keys().filter_map(Result::ok).filter(|k| k.data()[0] == gen).collect();
+    for k in old {
+        let _ = trie.remove(&k);
+    }
+}
+
+impl PolicyEngine {
+    pub fn new(maps: PolicyMaps, filter: bool) -> PolicyEngine {
+        PolicyEngine {
+            maps,
+            active: 0,
+            policies: Vec::new(),
+            filter,
+            next_rule_id: 1,
+            masks: HashMap::new(),
+            names: Arc::new(RuleNames::default()),
+            status: Arc::new(PolicyStatus::default()),
+        }
+    }
+
+    /// The mask of policies that apply to a cgroup path under `policies`.
+    fn mask_for(policies: &[Policy], path: &str, pods: &PodStore) -> u64 {
+        let pod = parse_kubelet_path(path);
+        let meta = pod.as_ref().and_then(|r| pods.get(&r.pod_uid));
+        let mut mask = 0u64;
+        for (bit, p) in policies.iter().enumerate() {
+            let applies = match &pod {
+                None => p.selector.host,
+                Some(_) => p.selector.selects_pod(meta.as_ref().map(|m| (m.namespace.as_str(), &m.labels))),
+            };
+            if applies {
+                mask |= 1 << bit;
+            }
+        }
+        mask
+    }
+
+    fn host_mask(policies: &[Policy]) -> u64 {
+        policies.iter().enumerate().filter(|(_, p)| p.selector.host).fold(0, |m, (bit, _)| m | 1 << bit)
+    }
+
+    /// Loads a new policy set (see the module doc for the protocol). On error
+    /// the running set stays in force.
+    pub fn apply(
+        &mut self,
+        policies: Vec<Policy>,
+        cgroups: &[(u64, String)],
+        pods: &PodStore,
+    ) -> anyhow::Result<()> {
+        let result = self.try_apply(policies, cgroups, pods);
+        let status = &self.status;
+        use std::sync::atomic::Ordering::Relaxed;
+        match &result {
+            Ok(()) => {
+                status.reloads_ok.fetch_add(1, Relaxed);
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                status.last_success.store(now.as_secs(), Relaxed);
+                if let Ok(mut e) = status.last_error.write() {
+                    *e = None;
+                }
+            }
+            Err(e) => {
+                status.reloads_failed.fetch_add(1, Relaxed);
+                if let Ok(mut last) = status.last_error.write() {
+                    *last = Some(format!("{e:#}"));
+                }
+            }
+        }
+        result
+    }
+
+    fn try_apply(
+        &mut self,
+        policies: Vec<Policy>,
+        cgroups: &[(u64, String)],
+        pods: &PodStore,
+    ) -> anyhow::Result<()> {
+        let compiled: Compiled = compile(&policies, self.next_rule_id).map_err(anyhow::Error::msg)?;
+        let next = 1 - self.active;
+        let m = &mut self.maps;
+        // A failed earlier reload may have left entries in the inactive generation.
+        for t in [&mut m.exec_paths, &mut m.exec_suffixes, &mut m.file_paths, &mut m.file_suffixes] {
+            clear_paths(t, next);
+        }
+        self.clear_addrs(next);
+        let m = &mut self.maps;
+        write_paths(&mut m.exec_paths, next, &compiled.exec_paths)?;
+        write_paths(&mut m.exec_suffixes, next, &compiled.exec_suffixes)?;
+        write_paths(&mut m.file_paths, next, &compiled.file_paths)?;
+        write_paths(&mut m.file_suffixes, next, &compiled.file_suffixes)?;
+        for (v6, p, set) in &compiled.addrs {
+            m.addrs
+                .insert(&addr_key(next, *v6, p), set, 0)
+                .context("writing a network rule to the kernel")?;
+        }
+        // New generation's masks for every known cgroup.
+        for (id, path) in cgroups {
+            let mask = Self::mask_for(&policies, path, pods);
+            let entry = self.masks.entry(*id).or_insert([0; 2]);
+            entry[next as usize] = mask;
+            let value = CgroupPolicies { masks: *entry };
+            self.maps.cgroups.insert(id, value, 0).context("writing a cgroup's policy mask")?;
+        }
+        // Flip.
+        let mut cfg = self.maps.config.get(&0, 0).unwrap_or_default();
+        cfg.default_masks[next as usize] = Self::host_mask(&policies);
+        cfg.active = next as u32;
+        cfg.filter = self.filter as u32;
+        self.names.extend(&compiled.rules);
+        self.maps.config.set(0, cfg, 0).context("switching to the new policy set")?;
+        // Retire the old generation.
+        let old = self.active;
+        self.active = next;
+        let m = &mut self.maps;
+        for t in [&mut m.exec_paths, &mut m.exec_suffixes, &mut m.file_paths, &mut m.file_suffixes] {
+            clear_paths(t, old);
+        }
+        self.clear_addrs(old);
+        self.next_rule_id =
+            compiled.rules.last().map(|r| r.id.wrapping_add(1).max(1)).unwrap_or(self.next_rule_id);
+        use std::sync::atomic::Ordering::Relaxed;
+        self.status.policies.store(policies.len() as u64, Relaxed);
+        self.status.rules.store(compiled.rules.len() as u64, Relaxed);
+        self.status.generation.store(next as u64, Relaxed);
+        self.policies = policies;
+        Ok(())
+    }
+
+    fn clear_addrs(&mut self, gen: u8) {
+        let t = &mut self.maps.addrs;
+        let old: Vec<_> = t.keys().filter_map(Result::ok).filter(|k| k.data()[0] >> 1 == gen).collect();
+        for k in old {
+            let _ = t.remove(&k);
+        }
+    }
+
+    /// Brings cgroup masks of the active set up to date: new cgroups, pods
+    /// whose metadata arrived or changed. Entries of cgroups that are gone are
+    /// dropped from `gone`.
+    pub fn refresh(&mut self, cgroups: &[(u64, String)], gone: &[u64], pods: &PodStore) {
+        let gen = self.active as usize;
+        for (id, path) in cgroups {
+            let mask = Self::mask_for(&self.policies, path, pods);
+            // Every known cgroup gets an entry, mask 0 included: absent ones
+            // fall back to the host policies.
+            let changed = match self.masks.get_mut(id) {
+                Some(e) if e[gen] == mask => false,
+                Some(e) => {
+                    e[gen] = mask;
+                    true
+                }
+                None => {
+                    let mut e = [0; 2];
+                    e[gen] = mask;
+                    self.masks.insert(*id, e);
+                    true
+                }
+            };
+            if changed {
+                let masks = self.masks.get(id).copied().unwrap_or_default();
+                let _ = self.maps.cgroups.insert(id, CgroupPolicies { masks }, 0);
+            }
+        }
+        for id in gone {
+            if self.masks.remove(id).is_some() {
+                let _ = self.maps.cgroups.remove(id);
+            }
+        }
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+}

@@ -1,0 +1,338 @@
+//! Policies end to end: kill and deny against real processes in fake pods,
+//! in-kernel filtering, and reloads under load.
+
+use std::{
+    os::unix::process::ExitStatusExt,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use podwatch::event::Kind;
+
+use crate::harness::{
+    command_in, http_get, metric_sum, require_root, run, uuid, workload_in, Agent, FakePod, BIN,
+};
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).expect("write policy");
+}
+
+fn policy(name: &str, selector: &str, rules: &str) -> String {
+    format!("apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: {name}\nspec:\n  selector: {selector}\n  rules:\n{rules}")
+}
+
+/// Static pod metadata: (pod, namespace, name).
+fn pods_file(dir: &Path, pods: &[(&FakePod, &str, &str)]) -> String {
+    let mut yaml = String::new();
+    for (pod, ns, name) in pods {
+        yaml.push_str(&format!(
+            "- uid: {}\n  namespace: {ns}\n  name: {name}\n  labels: {{app: {name}}}\n  containers:\n  - {{id: {}, name: main}}\n",
+            pod.uid, pod.container_id
+        ));
+    }
+    let path = dir.join("pods.yaml");
+    std::fs::write(&path, yaml).expect("write pods");
+    path.display().to_string()
+}
+
+fn scrape(agent: &Agent) -> String {
+    http_get(&agent.addr, "/metrics").expect("scrape").1
+}
+
+#[test]
+fn kill_policy_kills_readers_in_selected_pods_only() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tmp");
+    let pols = dir.path().join("policies");
+    std::fs::create_dir(&pols).expect("mkdir");
+    write(
+        &pols,
+        "enforce.yaml",
+        &policy(
+            "shadow-enforce",
+            "{namespaces: [prod]}",
+            "  - name: kill-shadow-readers\n    action: kill\n    file: {exact: [/etc/shadow], operations: [read]}\n",
+        ),
+    );
+    let prod = FakePod::systemd("burstable");
+    let dev = FakePod::systemd("burstable");
+    let pods = pods_file(dir.path(), &[(&prod, "prod", "api"), (&dev, "dev", "api")]);
+    let agent = Agent::start_with(&[
+        "--events",
+        "matched",
+        "--policy-dir",
+        &pols.display().to_string(),
+        "--metadata-file",
+        &pods,
+    ]);
+
+    // The reader in the selected pod dies of SIGKILL.
+    let (pid, status) = run(command_in(Some(&prod.cgroup), "/bin/cat", &["/etc/shadow"]));
+    assert_eq!(status.signal(), Some(9), "cat in prod: {status:?}");
+    let e = agent.expect_one("kill event", |e| e.process.pid == pid && e.kind == Kind::File);
+    assert_eq!(e.action.as_deref(), Some("kill"));
+    assert_eq!(e.policy.as_deref(), Some("shadow-enforce"));
+    assert_eq!(e.rule.as_deref(), Some("kill-shadow-readers"));
+    assert_eq!(e.file.as_ref().map(|f| f.path.as_str()), Some("/etc/shadow"));
+    assert_eq!(e.pod.as_ref().and_then(|p| p.namespace.as_deref()), Some("prod"));
+    let exit =
+        agent.expect_one("exit of the killed reader", |e| e.process.pid == pid && e.kind == Kind::Exit);
+    assert_eq!(exit.exit.and_then(|x| x.signal), Some("SIGKILL".into()));
+
+    // The same read in a pod the policy does not select is untouched.
+    let (_, status) = run(command_in(Some(&dev.cgroup), "/bin/cat", &["/etc/shadow"]));
+    assert_eq!(status.code(), Some(0), "cat in dev: {status:?}");
+    // A write to /tmp in the selected pod is untouched too.
+    let target = format!("/tmp/podwatch-{}", uuid());
+    let (_, status) = run(command_in(Some(&prod.cgroup), "/bin/cp", &["/etc/hostname", &target]));
+    assert_eq!(status.code(), Some(0), "cp in prod: {status:?}");
+    assert!(Path::new(&target).exists());
+    let _ = std::fs::remove_file(&target);
+
+    std::thread::sleep(Duration::from_millis(700));
+    let m = scrape(&agent);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "podwatch_enforcement_actions_total",
+            &[("namespace", "prod"), ("policy", "shadow-enforce"), ("action", "kill")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric_sum(&m, "podwatch_enforcement_actions_total", &[("namespace", "dev")]), None);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "podwatch_policy_rule_matches_total",
+            &[("policy", "shadow-enforce"), ("rule", "kill-shadow-readers")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn deny_policy_refuses_connects_with_eperm() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tmp");
+    let pols = dir.path().join("policies");
+    std::fs::create_dir(&pols).expect("mkdir");
+    let denied = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let allowed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (dp, ap) = (denied.local_addr().expect("a").port(), allowed.local_addr().expect("a").port());
+    write(
+        &pols,
+        "egress.yaml",
+        &policy(
+            "no-egress",
+            "{allPods: true}",
+            &format!("  - name: refuse\n    action: deny\n    network: {{cidrs: [127.0.0.0/8], ports: [{dp}], protocol: tcp}}\n"),
+        ),
+    );
+    let pod = FakePod::cgroupfs("besteffort");
+    let agent = Agent::start_with(&["--events", "matched", "--policy-dir", &pols.display().to_string()]);
+    let script = format!(
+        "import socket, sys\ntry:\n    socket.create_connection(('127.0.0.1', {dp}))\n    sys.exit(10)\nexcept PermissionError:\n    pass\nsocket.create_connection(('127.0.0.1', {ap})).close()\n"
+    );
+    let (pid, status) = run(command_in(Some(&pod.cgroup), "/usr/bin/python3", &["-c", &script]));
+    assert_eq!(status.code(), Some(0), "denied connect must fail with EPERM, allowed one succeed");
+    let e = agent.expect_one("denied connect", |e| e.process.pid == pid && e.kind == Kind::Connect);
+    let n = e.network.as_ref().expect("network");
+    assert_eq!((n.result.as_str(), n.dst.port), ("EPERM", dp));
+    assert_eq!(e.action.as_deref(), Some("deny"));
+    // The same connect from the host (not selected) goes through.
+    let host_script = format!("import socket\nsocket.create_connection(('127.0.0.1', {dp})).close()\n");
+    let (_, status) = run(command_in(None, "/usr/bin/python3", &["-c", &host_script]));
+    assert_eq!(status.code(), Some(0), "host is not selected");
+    std::thread::sleep(Duration::from_millis(700));
+    let m = scrape(&agent);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "podwatch_network_connections_total",
+            &[("pod", &pod.uid), ("action", "deny"), ("result", "error")]
+        ),
+        Some(1.0)
+    );
+    drop((denied, allowed));
+}
+
+#[test]
+fn opens_matching_no_policy_send_no_records_but_are_counted() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "p.yaml",
+        &policy(
+            "shadow-log",
+            "{allPods: true}",
+            "  - name: log-shadow\n    action: log\n    file: {exact: [/etc/shadow]}\n",
+        ),
+    );
+    let pod = FakePod::cgroupfs("burstable");
+    let agent =
+        Agent::start_with(&["--events", "matched", "--policy-dir", &dir.path().display().to_string()]);
+    workload_in(&pod.cgroup, &["open", "500", "/etc/hostname"]);
+    workload_in(&pod.cgroup, &["open", "3", "/etc/shadow"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let m = scrape(&agent);
+    let pod_l = ("pod", pod.uid.as_str());
+    assert_eq!(metric_sum(&m, "podwatch_file_access_total", &[pod_l, ("operation", "read")]), Some(503.0));
+    // Only the three logged opens crossed to user space.
+    assert_eq!(metric_sum(&m, "podwatch_ringbuf_records_total", &[pod_l, ("kind", "file")]), Some(3.0));
+    let logged = agent.settle(|e| e.kind == Kind::File && e.cgroup.id == pod.cgroup_id());
+    assert_eq!(logged.len(), 3);
+    assert!(logged.iter().all(|e| e.file.as_ref().is_some_and(|f| f.path == "/etc/shadow")));
+    // The 500 unmatched opens are counted with no policy; the 3 under it.
+    assert_eq!(
+        metric_sum(&m, "podwatch_file_access_total", &[pod_l, ("policy", "shadow-log"), ("action", "log")]),
+        Some(3.0)
+    );
+}
+
+#[test]
+fn kill_on_exec_from_tmp() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "p.yaml",
+        &policy(
+            "no-tmp-exec",
+            "{allPods: true}",
+            "  - name: kill\n    action: kill\n    exec: {prefix: [/tmp/podwatch-exec-]}\n",
+        ),
+    );
+    let pod = FakePod::systemd("besteffort");
+    let agent =
+        Agent::start_with(&["--events", "matched", "--policy-dir", &dir.path().display().to_string()]);
+    let bin = format!("/tmp/podwatch-exec-{}", uuid());
+    std::fs::copy(crate::harness::workload(), &bin).expect("copy");
+    let (pid, status) = run(command_in(Some(&pod.cgroup), &bin, &["noop"]));
+    let _ = std::fs::remove_file(&bin);
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    let e = agent.expect_one("exec kill", |e| e.process.pid == pid && e.kind == Kind::Exec);
+    assert_eq!(e.action.as_deref(), Some("kill"));
+}
+
+/// Policies swapped again and again while two generators open files: every
+/// open is judged by a complete set (one of the two), none by no policy, and
+/// none is lost.
+#[test]
+fn reload_under_load_is_atomic_and_loses_nothing() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tmp");
+    let set = |name: &str| {
+        policy(
+            name,
+            "{allPods: true}",
+            "  - name: hostname\n    action: log\n    file: {exact: [/etc/hostname]}\n  - name: hosts\n    action: log\n    file: {exact: [/etc/hosts]}\n",
+        )
+    };
+    write(dir.path(), "p.yaml", &set("set-a"));
+    let pod = FakePod::cgroupfs("burstable");
+    let agent =
+        Agent::start_with(&["--events", "matched", "--policy-dir", &dir.path().display().to_string()]);
+    let agent_pid = agent.pid();
+    let bin = crate::harness::workload().display().to_string();
+    const N: usize = 4000;
+    let mut gens: Vec<_> = ["/etc/hostname", "/etc/hosts"]
+        .iter()
+        // ~4 s each at 1 ms apart: long enough for dozens of swaps.
+        .map(|p| {
+            command_in(Some(&pod.cgroup), &bin, &["open", &N.to_string(), p, "1000"]).spawn().expect("spawn")
+        })
+        .collect();
+    // Swap sets while they run: rewrite + SIGHUP, alternating names.
+    let start = Instant::now();
+    let mut swaps = 0;
+    while gens.iter_mut().any(|g| g.try_wait().ok().flatten().is_none())
+        && start.elapsed() < Duration::from_secs(30)
+    {
+        swaps += 1;
+        write(dir.path(), "p.yaml", &set(if swaps % 2 == 0 { "set-a" } else { "set-b" }));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(agent_pid as i32, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    for g in &mut gens {
+        assert!(g.wait().expect("wait").success());
+    }
+    let cg = pod.cgroup_id();
+    let events = agent.wait_n(2 * N, Duration::from_secs(20), |e| e.kind == Kind::File && e.cgroup.id == cg);
+    std::thread::sleep(Duration::from_millis(700));
+    let m = scrape(&agent);
+    let reloads = metric_sum(&m, "podwatch_policy_reloads_total", &[("result", "ok")]).unwrap_or(0.0);
+    assert!(reloads >= 20.0, "only {reloads} reloads happened during the run ({swaps} swaps)");
+    let lost = metric_sum(&m, "podwatch_ringbuf_lost_records_total", &[("pod", &pod.uid)]).unwrap_or(0.0);
+    assert_eq!(lost, 0.0, "the ring buffer is large enough for this run");
+    assert_eq!(events.len(), 2 * N, "every open was logged: none fell between two sets");
+    for e in &events {
+        assert!(matches!(e.policy.as_deref(), Some("set-a" | "set-b")), "judged by {:?}", e.policy);
+        assert_eq!(e.action.as_deref(), Some("log"));
+    }
+    let policies: std::collections::BTreeSet<_> = events.iter().filter_map(|e| e.policy.clone()).collect();
+    assert_eq!(policies.len(), 2, "both sets judged some opens: the swaps took effect");
+    assert_eq!(
+        metric_sum(&m, "podwatch_file_access_total", &[("pod", &pod.uid), ("operation", "read")]),
+        Some((2 * N) as f64)
+    );
+}
+
+#[test]
+fn a_broken_reload_keeps_the_running_set() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "p.yaml",
+        &policy(
+            "shadow-log",
+            "{allPods: true}",
+            "  - name: r\n    action: log\n    file: {exact: [/etc/shadow]}\n",
+        ),
+    );
+    let pod = FakePod::cgroupfs("burstable");
+    let agent =
+        Agent::start_with(&["--events", "matched", "--policy-dir", &dir.path().display().to_string()]);
+    write(
+        dir.path(),
+        "broken.yaml",
+        &policy("broken", "{}", "  - name: r\n    action: log\n    file: {exact: [/x]}\n"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_sum(&scrape(&agent), "podwatch_policy_reloads_total", &[("result", "error")]).unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "the broken file was not noticed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = workload_in(&pod.cgroup, &["open", "1", "/etc/shadow"]);
+    let e = agent.expect_one("open under the old set", |e| e.process.pid == pid && e.kind == Kind::File);
+    assert_eq!(e.policy.as_deref(), Some("shadow-log"));
+}
+
+#[test]
+fn policy_check_cli() {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(
+        dir.path(),
+        "ok.yaml",
+        &policy("fine", "{host: true}", "  - name: r\n    action: log\n    exec: {suffix: [/sh]}\n"),
+    );
+    let out = Command::new(BIN).args(["policy", "check"]).arg(dir.path()).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    write(
+        dir.path(),
+        "zz-bad.yaml",
+        &policy("bad", "{host: true}", "  - name: r\n    action: log\n    network: {cidrs: [300.1.1.1/8]}\n"),
+    );
+    let out = Command::new(BIN).args(["policy", "check"]).arg(dir.path()).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zz-bad.yaml:") && err.contains("300.1.1.1/8"), "{err}");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let out = Command::new(BIN).args(["policy", "check"]).arg(&shipped).output().expect("run");
+    assert!(out.status.success(), "shipped examples: {}", String::from_utf8_lossy(&out.stderr));
+}
