@@ -195,6 +195,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         warn!("no cgroup2 hierarchy mounted: no pod attribution and no UDP sensors");
     }
     let mut procs = ProcessCache::new(cfg.process_cache_capacity, cfg.exited_linger);
+    procs.redactor = Arc::new(
+        crate::redact::Redactor::new(&cfg.redaction_patterns, cfg.redaction_enabled)
+            .map_err(anyhow::Error::msg)?,
+    );
     let seeded = procs.seed();
     let cgroups = Arc::new(Mutex::new(CgroupResolver::new(cgroup_root.clone())));
     let binaries = Arc::new(BinaryNames::default());

@@ -120,6 +120,11 @@ pub struct RunArgs {
     /// reported. Default matched.
     #[arg(long, env = "PODWATCH_EVENTS", value_enum)]
     pub events: Option<EventsMode>,
+    /// Extra regular expression whose matches (or first capture group) are
+    /// masked in process arguments, on top of the built-in secret patterns;
+    /// repeatable (YAML: redaction.patterns).
+    #[arg(long = "redact-pattern", env = "PODWATCH_REDACT_PATTERNS", value_delimiter = '\n')]
+    pub redact_patterns: Vec<String>,
     /// Log format (YAML: log.format). Default text.
     #[arg(long, env = "PODWATCH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -141,6 +146,14 @@ struct FileConfig {
     metrics: Option<FileMetrics>,
     metadata: Option<FileMetadata>,
     policies: Option<FilePolicies>,
+    redaction: Option<FileRedaction>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedaction {
+    enabled: Option<bool>,
+    patterns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +221,8 @@ pub struct AgentConfig {
     pub metadata: MetadataConfig,
     pub policy_dir: Option<PathBuf>,
     pub events: EventsMode,
+    pub redaction_enabled: bool,
+    pub redaction_patterns: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -239,6 +254,10 @@ impl RunArgs {
         let fm = file.metrics.unwrap_or_default();
         let fmd = file.metadata.unwrap_or_default();
         let fpol = file.policies.unwrap_or_default();
+        let fred = file.redaction.unwrap_or_default();
+        let mut redaction_patterns = fred.patterns.unwrap_or_default();
+        redaction_patterns.extend(self.redact_patterns.iter().cloned());
+        crate::redact::Redactor::new(&redaction_patterns, true).map_err(anyhow::Error::msg)?;
 
         let kind = self.output.or(fo.kind).unwrap_or(OutputKind::Stdout);
         let output = match kind {
@@ -291,6 +310,8 @@ impl RunArgs {
             },
         };
         Ok(AgentConfig {
+            redaction_enabled: fred.enabled.unwrap_or(true),
+            redaction_patterns,
             policy_dir: self.policy_dir.clone().or(fpol.dir),
             events: self.events.or(fpol.events).unwrap_or(EventsMode::Matched),
             metric_labels,

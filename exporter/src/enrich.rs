@@ -170,12 +170,14 @@ impl Enricher {
                 }
                 let parent_pid =
                     if ppid != 0 { ppid } else { self.procs.peek(h.tgid).map(|p| p.ppid).unwrap_or(0) };
+                let mut args: Vec<String> = args.iter().map(|a| lossless_string(a)).collect();
+                self.procs.redactor.redact(&mut args);
                 self.procs.on_exec(
                     h.tgid,
                     ProcessInfo {
                         ppid: parent_pid,
                         binary: Some(binary),
-                        args: args.iter().map(|a| lossless_string(a)).collect(),
+                        args,
                         args_truncated: h.flags & flags::ARGS_TRUNCATED != 0,
                         cwd,
                     },

@@ -27,6 +27,8 @@ pub struct ProcessCache {
     capacity: usize,
     linger: Duration,
     proc_root: std::path::PathBuf,
+    /// Masks secrets in argv before anything is stored.
+    pub redactor: std::sync::Arc<crate::redact::Redactor>,
     pub misses: u64,
     pub evictions: u64,
 }
@@ -43,6 +45,7 @@ impl ProcessCache {
             capacity: capacity.max(16),
             linger,
             proc_root: root.as_ref().to_path_buf(),
+            redactor: Default::default(),
             misses: 0,
             evictions: 0,
         }
@@ -66,7 +69,8 @@ impl ProcessCache {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some(info) = read_proc(&self.proc_root, pid) {
+            if let Some(mut info) = read_proc(&self.proc_root, pid) {
+                self.redactor.redact(&mut info.args);
                 self.insert(pid, info);
                 n += 1;
             }
@@ -131,7 +135,8 @@ impl ProcessCache {
     pub fn get(&mut self, pid: u32) -> Option<&ProcessInfo> {
         if !self.map.contains_key(&pid) {
             self.misses += 1;
-            let info = read_proc(&self.proc_root, pid)?;
+            let mut info = read_proc(&self.proc_root, pid)?;
+            self.redactor.redact(&mut info.args);
             self.insert(pid, info);
         }
         self.map.get(&pid)

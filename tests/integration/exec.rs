@@ -105,3 +105,37 @@ impl OsStrBytes for std::ffi::OsStr {
         std::os::unix::ffi::OsStrExt::from_bytes(b)
     }
 }
+
+#[test]
+fn secrets_in_argv_are_masked_before_any_output() {
+    require_root!();
+    let agent = Agent::start_with(&["--redact-pattern", "sk_live_[0-9a-z]+"]);
+    let args = [
+        "--password=hunter2",
+        "--token",
+        "t0k3n",
+        "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI",
+        "Authorization: Bearer eyJhbGci",
+        "sk_live_abc123",
+        "--color=auto",
+    ];
+    let (pid, _) = crate::harness::run(command_in(None, "/bin/echo", &args));
+    let exec = agent.expect_one("exec of echo", |e| e.kind == Kind::Exec && e.process.pid == pid);
+    assert_eq!(
+        exec.process.args,
+        [
+            "/bin/echo",
+            "--password=****",
+            "--token",
+            "****",
+            "AWS_SECRET_ACCESS_KEY=****",
+            "Authorization: ****",
+            "****",
+            "--color=auto"
+        ]
+    );
+    let everything = serde_json::to_string(&agent.settle(|e| e.process.pid == pid)).expect("json");
+    for secret in ["hunter2", "t0k3n", "wJalrXUtnFEMI", "eyJhbGci", "sk_live_abc123"] {
+        assert!(!everything.contains(secret), "{secret} leaked into an event");
+    }
+}

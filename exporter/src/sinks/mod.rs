@@ -40,6 +40,9 @@ impl Sinks {
     /// current tokio runtime. Nothing connects yet: an unreachable endpoint
     /// shows up as retries and failures in the counters, not as an error here.
     pub fn start(cfg: &SinksConfig, node_name: &str) -> anyhow::Result<Sinks> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            anyhow::bail!("sinks must be started from within a tokio runtime");
+        }
         let mut sinks = Vec::new();
         if let Some(c) = &cfg.loki {
             sinks.push(loki::start(c, node_name)?);
@@ -177,6 +180,11 @@ mod tests {
         assert_eq!(event_time_nanos(&ev), 1_795_370_277_192_572_679);
         assert_eq!(namespace_of(&ev), "shop");
         assert_eq!(namespace_of(&testdata::connect_on_host(1, "x")), "host");
+    }
+
+    #[test]
+    fn start_outside_a_runtime_is_an_error() {
+        assert!(Sinks::start(&SinksConfig::default(), "n").is_err());
     }
 
     #[tokio::test]
