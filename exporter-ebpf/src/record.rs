@@ -106,6 +106,9 @@ impl Record {
             let h = &mut *(buf as *mut Header);
             h.kind = kind;
             h.flags = 0;
+            // The buffer is reused: a verdict left by the previous record must not stick.
+            h.rule = 0;
+            h.action = 0;
             h.ktime_ns = bpf_ktime_get_boot_ns();
             let pid_tgid = bpf_get_current_pid_tgid();
             let uid_gid = bpf_get_current_uid_gid();

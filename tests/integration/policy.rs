@@ -78,7 +78,9 @@ fn kill_policy_kills_readers_in_selected_pods_only() {
     assert_eq!(e.pod.as_ref().and_then(|p| p.namespace.as_deref()), Some("prod"));
     let exit =
         agent.expect_one("exit of the killed reader", |e| e.process.pid == pid && e.kind == Kind::Exit);
-    assert_eq!(exit.exit.and_then(|x| x.signal), Some("SIGKILL".into()));
+    assert_eq!(exit.exit.as_ref().and_then(|x| x.signal.clone()), Some("SIGKILL".into()));
+    // The exit is not a policy match: no verdict carried over from the open.
+    assert_eq!((exit.policy.as_deref(), exit.action.as_deref()), (None, None));
 
     // The same read in a pod the policy does not select is untouched.
     let (_, status) = run(command_in(Some(&dev.cgroup), "/bin/cat", &["/etc/shadow"]));
