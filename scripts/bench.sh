@@ -4,6 +4,6 @@
 # scrape bench also reads a real kernel map.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo bench --quiet -p podwatch 2>&1 | grep -v '^warning: podwatch@'

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Installs everything podwatch needs to build and test on a fresh Debian 12 machine.
-# Idempotent: every step checks first, so a second run takes a few seconds.
+# Installs everything podwatch needs to build and run on a fresh Debian 12
+# machine; `setup.sh --test` adds what the test suite needs (Prometheus, a
+# Kafka-protocol broker, a Kafka consumer). Idempotent: every step checks
+# first, so a second run takes a fraction of a second.
 set -euo pipefail
+WITH_TESTS=0
+[ "${1:-}" = "--test" ] && WITH_TESTS=1
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 SUDO=""
@@ -9,9 +13,12 @@ SUDO=""
 
 # --- Debian packages -------------------------------------------------------
 # llvm-22 + friends: bpf-linker links against the same LLVM as the nightly rustc.
-# bpftool/bpftrace: cross-checks and feature probing. prometheus: real scraper for tests.
-APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev
-          bpftool pkg-config build-essential prometheus python3)
+# bpftool: cross-checks and feature probing. libssl-dev, zlib, zstd: librdkafka,
+# which the rdkafka crate builds from source for the Kafka sink.
+APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev libssl-dev
+          bpftool pkg-config build-essential python3)
+# Tests: a real Prometheus and promtool, pip for the Kafka consumer.
+[ "$WITH_TESTS" = 1 ] && APT_PKGS+=(prometheus python3-pip)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -54,20 +61,10 @@ mountpoint -q /sys/kernel/tracing 2>/dev/null || \
 mountpoint -q /sys/fs/bpf 2>/dev/null || \
   $SUDO mount -t bpf bpf /sys/fs/bpf 2>/dev/null || log "warning: could not mount bpffs"
 
-# --- sinks: Kafka client build and test components (issue 5) ------------------
-# rdkafka builds librdkafka from source (make, a C compiler, OpenSSL for TLS and
-# SCRAM, zlib, zstd via pkg-config); the Kafka tests use a real broker (tansu)
-# and an independent consumer (librdkafka through PyPI's confluent-kafka).
-SINK_PKGS=(libssl-dev zlib1g-dev libzstd-dev pkg-config build-essential python3-pip)
-missing=()
-for p in "${SINK_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  log "apt-get install ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# --- test components: Kafka broker and consumer ---------------------------------
+# The Kafka sink tests use a real broker (tansu) and an independent consumer
+# (librdkafka through PyPI's confluent-kafka; Debian's kcat is too old).
+if [ "$WITH_TESTS" = 1 ]; then
 if ! python3 -c "import confluent_kafka" 2>/dev/null; then
   log "pip install confluent-kafka"
   # Debian's python3 is "externally managed" (PEP 668); older pips lack the flag.
@@ -77,6 +74,7 @@ fi
 if ! tansu --version >/dev/null 2>&1; then
   log "cargo install tansu (Kafka-protocol broker for the sink tests; 10-15 minutes, once)"
   cargo install tansu --locked --features dynostore
+fi
 fi
 
 log "ready"

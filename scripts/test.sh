@@ -3,15 +3,16 @@
 # end-to-end tests that load the real kernel programs. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: the integration tests load eBPF programs and need root; re-running with sudo" >&2
   exec sudo -E env "PATH=$PATH" bash "$0" "$@"
 fi
-# Never let a privileged test skip itself quietly here.
+# Never let a privileged or broker test skip itself quietly here.
 export PODWATCH_REQUIRE_PRIVILEGED=1
+export PODWATCH_REQUIRE_KAFKA=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

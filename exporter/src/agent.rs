@@ -39,6 +39,7 @@ use crate::{
     proc_cache::ProcessCache,
     sensors,
     server::{self, ServerState},
+    sinks::Sinks,
     stats::AgentStats,
 };
 
@@ -272,6 +273,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     *state.metrics.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(metrics.clone());
 
     let out = output::spawn(cfg.output.clone(), cfg.queue_capacity, stats.clone())?;
+    let sinks = Arc::new(Sinks::start(&cfg.sinks, &cfg.node_name).context("starting the event sinks")?);
+    if let Ok(mut s) = metrics.sinks.lock() {
+        *s = Some(sinks.clone());
+    }
 
     let housekeeping = {
         let stats = stats.clone();
@@ -314,6 +319,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                                 let ev = Arc::new(ev);
                                 stats.events_emitted.fetch_add(1, Relaxed);
                                 out.offer(&ev, &stats);
+                                sinks.offer(&ev);
                                 let _ = events_tx.send(ev);
                             }
                         }
@@ -339,8 +345,18 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     state.ready.store(false, Relaxed);
     housekeeping.abort();
-    // Let queued events reach their output before exiting.
+    // Let queued events reach their output and sinks before exiting.
     tokio::task::spawn_blocking(move || out.finish()).await?;
+    // /metrics holds a handle on the sinks; release it so they can be shut down.
+    if let Some(m) = state.metrics.lock().ok().and_then(|m| m.clone()) {
+        if let Ok(mut s) = m.sinks.lock() {
+            s.take();
+        }
+    }
+    match Arc::try_unwrap(sinks) {
+        Ok(sinks) => sinks.shutdown(Duration::from_secs(10)).await,
+        Err(_) => warn!("sinks still referenced at shutdown; queued events may be lost"),
+    }
     info!(stats = ?stats.snapshot(), "stopped");
     Ok(())
 }

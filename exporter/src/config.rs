@@ -147,6 +147,8 @@ struct FileConfig {
     metadata: Option<FileMetadata>,
     policies: Option<FilePolicies>,
     redaction: Option<FileRedaction>,
+    /// Event sinks (Loki, Kafka, OTLP); all off unless configured.
+    sinks: Option<crate::sinks::SinksConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,7 +206,7 @@ struct FileLog {
 }
 
 /// The resolved configuration the agent runs with.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
     pub listen: SocketAddr,
@@ -223,6 +225,7 @@ pub struct AgentConfig {
     pub events: EventsMode,
     pub redaction_enabled: bool,
     pub redaction_patterns: Vec<String>,
+    pub sinks: crate::sinks::SinksConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +313,7 @@ impl RunArgs {
             },
         };
         Ok(AgentConfig {
+            sinks: file.sinks.unwrap_or_default(),
             redaction_enabled: fred.enabled.unwrap_or(true),
             redaction_patterns,
             policy_dir: self.policy_dir.clone().or(fpol.dir),

@@ -166,6 +166,8 @@ pub struct Metrics {
     last_scrape_seconds: Mutex<f64>,
     rules: Arc<RuleNames>,
     policy_status: Arc<PolicyStatus>,
+    /// Set while sinks run; their counters are rendered per sink.
+    pub sinks: Mutex<Option<Arc<crate::sinks::Sinks>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -268,6 +270,7 @@ impl Metrics {
             last_scrape_seconds: Mutex::new(0.0),
             rules: Arc::new(RuleNames::default()),
             policy_status: Arc::new(PolicyStatus::default()),
+            sinks: Mutex::new(None),
         }
     }
 
@@ -660,6 +663,7 @@ impl Metrics {
                 )?;
             }
         }
+        self.encode_sinks(encoder)?;
         {
             use std::sync::atomic::Ordering::Relaxed;
             let st = &self.policy_status;
@@ -712,6 +716,58 @@ impl Metrics {
                 MetricType::Gauge,
             )?;
             ConstGauge::new(1i64).encode(m.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        }
+        Ok(())
+    }
+
+    fn encode_sinks(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.sinks.lock().ok().and_then(|s| s.as_ref().map(|s| s.stats())).unwrap_or_default();
+        let mut m = encoder.encode_descriptor(
+            "podwatch_sink_events",
+            "Events per sink by outcome: sent, failed (given up), dropped (queue full or oversized), retried.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (sink, s) in &stats {
+            for (outcome, v) in
+                [("sent", s.sent), ("failed", s.failed), ("dropped", s.dropped), ("retried", s.retried)]
+            {
+                ConstCounter::new(v)
+                    .encode(m.encode_family(&[("sink", sink.as_str()), ("outcome", outcome)])?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "podwatch_sink_batches",
+            "Batches a sink sent.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (sink, s) in &stats {
+            ConstCounter::new(s.batches).encode(m.encode_family(&[("sink", sink.as_str())])?)?;
+        }
+        for (name, help, get) in [
+            (
+                "podwatch_sink_queue_depth",
+                "Events waiting in a sink's queue.",
+                (|s| s.queue_depth) as fn(&crate::sinks::SinkStatsSnapshot) -> u64,
+            ),
+            ("podwatch_sink_queue_capacity", "Capacity of a sink's queue.", |s| s.queue_capacity),
+            ("podwatch_sink_in_flight", "Events a sink has taken but not yet settled.", |s| s.in_flight),
+        ] {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (sink, s) in &stats {
+                ConstGauge::new(get(s) as i64).encode(m.encode_family(&[("sink", sink.as_str())])?)?;
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "podwatch_sink_last_success_timestamp",
+            "When a sink last delivered (Unix time).",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for (sink, s) in &stats {
+            ConstGauge::new(s.last_success_unix.unwrap_or(0.0))
+                .encode(m.encode_family(&[("sink", sink.as_str())])?)?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 mod harness;
 mod kube_api;
 
+mod agent_sinks;
 mod cli;
 mod exec;
 mod file;
