@@ -22,4 +22,5 @@ pub mod sensors;
 pub mod server;
 pub mod sinks;
 pub mod stats;
+pub mod tls;
 pub mod view;

@@ -366,3 +366,25 @@ pub fn metric_sum(text: &str, family: &str, want: &[(&str, &str)]) -> Option<f64
     }
     found
 }
+
+/// A pod for the static metadata file: (pod, namespace, name, workload kind/name).
+pub type PodDef<'a> = (&'a FakePod, &'a str, &'a str, Option<(&'a str, &'a str)>);
+
+/// Writes a static pod metadata file (the `file` source) and returns its path.
+/// Each pod gets the label app=<name> and one container named `app`.
+pub fn pods_file(dir: &Path, pods: &[PodDef]) -> String {
+    let mut yaml = String::new();
+    for (pod, ns, name, workload) in pods {
+        yaml.push_str(&format!(
+            "- uid: {}\n  namespace: {ns}\n  name: {name}\n  labels: {{app: {name}}}\n",
+            pod.uid
+        ));
+        if let Some((kind, w)) = workload {
+            yaml.push_str(&format!("  workload: {{kind: {kind}, name: {w}}}\n"));
+        }
+        yaml.push_str(&format!("  containers:\n  - {{id: {}, name: app}}\n", pod.container_id));
+    }
+    let path = dir.join("pods.yaml");
+    std::fs::write(&path, yaml).expect("write pods");
+    path.display().to_string()
+}

@@ -9,7 +9,7 @@ use std::{
 
 use podwatch::event::Kind;
 
-use crate::harness::{free_port, http_get, metric_sum, require_root, workload_in, Agent, FakePod};
+use crate::harness::{free_port, http_get, metric_sum, pods_file, require_root, workload_in, Agent, FakePod};
 
 /// Accepts and closes connections until the test ends.
 fn sink_listener() -> u16 {
@@ -21,19 +21,6 @@ fn sink_listener() -> u16 {
         }
     });
     port
-}
-
-fn pods_file(dir: &std::path::Path, pods: &[(&FakePod, &str, &str, &str, &str)]) -> String {
-    let mut yaml = String::new();
-    for (pod, ns, name, kind, workload) in pods {
-        yaml.push_str(&format!(
-            "- uid: {}\n  namespace: {ns}\n  name: {name}\n  workload: {{kind: {kind}, name: {workload}}}\n  containers:\n  - {{id: {}, name: app}}\n",
-            pod.uid, pod.container_id
-        ));
-    }
-    let path = dir.join("pods.yaml");
-    std::fs::write(&path, yaml).expect("write pods");
-    path.display().to_string()
 }
 
 struct Prometheus {
@@ -125,7 +112,10 @@ fn prometheus_sees_exact_per_pod_counts() {
     let db = FakePod::cgroupfs("guaranteed");
     let pods = pods_file(
         dir.path(),
-        &[(&web, "team-a", "web-1", "Deployment", "web"), (&db, "team-b", "db-0", "StatefulSet", "db")],
+        &[
+            (&web, "team-a", "web-1", Some(("Deployment", "web"))),
+            (&db, "team-b", "db-0", Some(("StatefulSet", "db"))),
+        ],
     );
     let agent = Agent::start_with(&["--output", "none", "--metadata-file", &pods]);
     let prom = Prometheus::start(&agent.addr);

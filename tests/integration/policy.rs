@@ -11,7 +11,7 @@ use std::{
 use podwatch::event::Kind;
 
 use crate::harness::{
-    command_in, http_get, metric_sum, require_root, run, uuid, workload_in, Agent, FakePod, BIN,
+    command_in, http_get, metric_sum, pods_file, require_root, run, uuid, workload_in, Agent, FakePod, BIN,
 };
 
 fn write(dir: &Path, name: &str, text: &str) {
@@ -20,20 +20,6 @@ fn write(dir: &Path, name: &str, text: &str) {
 
 fn policy(name: &str, selector: &str, rules: &str) -> String {
     format!("apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: {name}\nspec:\n  selector: {selector}\n  rules:\n{rules}")
-}
-
-/// Static pod metadata: (pod, namespace, name).
-fn pods_file(dir: &Path, pods: &[(&FakePod, &str, &str)]) -> String {
-    let mut yaml = String::new();
-    for (pod, ns, name) in pods {
-        yaml.push_str(&format!(
-            "- uid: {}\n  namespace: {ns}\n  name: {name}\n  labels: {{app: {name}}}\n  containers:\n  - {{id: {}, name: main}}\n",
-            pod.uid, pod.container_id
-        ));
-    }
-    let path = dir.join("pods.yaml");
-    std::fs::write(&path, yaml).expect("write pods");
-    path.display().to_string()
 }
 
 fn scrape(agent: &Agent) -> String {
@@ -57,7 +43,7 @@ fn kill_policy_kills_readers_in_selected_pods_only() {
     );
     let prod = FakePod::systemd("burstable");
     let dev = FakePod::systemd("burstable");
-    let pods = pods_file(dir.path(), &[(&prod, "prod", "api"), (&dev, "dev", "api")]);
+    let pods = pods_file(dir.path(), &[(&prod, "prod", "api", None), (&dev, "dev", "api", None)]);
     let agent = Agent::start_with(&[
         "--events",
         "matched",

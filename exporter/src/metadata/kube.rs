@@ -52,6 +52,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{ContainerMeta, PodMeta, PodStore, Workload};
+use crate::tls::{parse_certs, system_ca};
 
 /// Where the API server is, how to reach it, and how patiently.
 #[derive(Debug, Clone)]
@@ -968,11 +969,8 @@ impl Endpoint {
     }
 }
 
-/// System CA bundles, for API servers with publicly trusted certificates
-/// (a kubeconfig without certificate-authority).
-const SYSTEM_CA_FILES: [&str; 3] =
-    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
-
+/// rustls client config for the API server; without a certificate-authority
+/// the system bundle is used (publicly trusted API server certificates).
 fn tls_config(s: &Settings) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -999,26 +997,6 @@ fn tls_config(s: &Settings) -> anyhow::Result<rustls::ClientConfig> {
             builder.with_client_auth_cert(certs, key).context("client certificate and key")
         }
     }
-}
-
-fn system_ca() -> anyhow::Result<Vec<u8>> {
-    let env = std::env::var("SSL_CERT_FILE").ok();
-    for f in env.iter().map(String::as_str).chain(SYSTEM_CA_FILES) {
-        if let Ok(pem) = std::fs::read(f) {
-            return Ok(pem);
-        }
-    }
-    bail!("no certificate-authority given and no system CA bundle found")
-}
-
-fn parse_certs(pem: &[u8], what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("{what}: {e}"))?;
-    if certs.is_empty() {
-        bail!("{what}: no PEM certificate found");
-    }
-    Ok(certs)
 }
 
 /// `insecure-skip-tls-verify: true`: any certificate is accepted, but the

@@ -19,11 +19,12 @@ use hyper::{
     HeaderMap, Method, Request, StatusCode, Uri,
 };
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{pem::PemObject as _, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use super::framework::{parse_retry_after, SendError};
+use crate::tls::{parse_certs, system_ca};
 
 /// TLS for a sink's endpoint (https:// URLs; grpcs for OTLP gRPC).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -57,30 +58,6 @@ impl TlsConfig {
         };
         Ok(TlsFiles { ca, identity })
     }
-}
-
-/// System CA bundles, used when no ca_file is given.
-const SYSTEM_CA_FILES: [&str; 3] =
-    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
-
-pub fn system_ca() -> anyhow::Result<Vec<u8>> {
-    let env = std::env::var("SSL_CERT_FILE").ok();
-    for f in env.iter().map(String::as_str).chain(SYSTEM_CA_FILES) {
-        if let Ok(pem) = std::fs::read(f) {
-            return Ok(pem);
-        }
-    }
-    bail!("no tls.ca_file given and no system CA bundle found")
-}
-
-fn parse_certs(pem: &[u8], what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("{what}: {e}"))?;
-    if certs.is_empty() {
-        bail!("{what}: no PEM certificate found");
-    }
-    Ok(certs)
 }
 
 pub fn rustls_config(files: &TlsFiles, alpn: &[&[u8]]) -> anyhow::Result<rustls::ClientConfig> {

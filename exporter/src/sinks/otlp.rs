@@ -34,9 +34,9 @@ use tonic::{
 use super::{
     action_of, event_time_nanos,
     framework::{self, Encoder, QueueConfig, RetryConfig, SendError, Sent, SinkHandle, SinkStats, Transport},
-    http::{classify, static_headers, system_ca, HttpClient, TlsConfig},
+    http::{classify, static_headers, HttpClient, TlsConfig},
 };
-use crate::event::Event;
+use crate::{event::Event, tls::system_ca};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
