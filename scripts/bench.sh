@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo bench --quiet -p podwatch 2>&1 | grep -v '^warning: podwatch@'
+cargo bench --quiet -p podwatch --bench scrape --bench sinks 2>&1 | grep -v "^warning: podwatch@"
