@@ -75,6 +75,24 @@ fn synthetic() -> (Vec<(CounterKey, CounterValue)>, CgroupResolver, PodStore) {
     (entries, cgroups, store)
 }
 
+/// The collector as the agent builds it, over a given counter source.
+fn metrics_over(
+    counters: Box<dyn podwatch::metrics::CounterSource>,
+    cgroups: CgroupResolver,
+    store: PodStore,
+) -> Arc<Metrics> {
+    Arc::new(Metrics::new(
+        counters,
+        Arc::new(AgentStats::default()),
+        Arc::new(Mutex::new(cgroups)),
+        Arc::new(store),
+        Arc::new(BinaryNames::default()),
+        LabelConfig::default(),
+        Vec::new(),
+        Duration::from_secs(300),
+    ))
+}
+
 fn time<F: FnMut() -> usize>(iters: u32, mut f: F) -> (Duration, usize) {
     let mut bytes = f(); // warm-up
     let start = Instant::now();
@@ -87,16 +105,7 @@ fn time<F: FnMut() -> usize>(iters: u32, mut f: F) -> (Duration, usize) {
 fn main() {
     let (entries, cgroups, store) = synthetic();
     let n_entries = entries.len();
-    let metrics = Arc::new(Metrics::new(
-        Box::new(StaticCounters(Mutex::new(entries))),
-        Arc::new(AgentStats::default()),
-        Arc::new(Mutex::new(cgroups)),
-        Arc::new(store),
-        Arc::new(BinaryNames::default()),
-        LabelConfig::default(),
-        Vec::new(),
-        Duration::from_secs(300),
-    ));
+    let metrics = metrics_over(Box::new(StaticCounters(Mutex::new(entries))), cgroups, store);
     let body = metrics.render().expect("render");
     let series = body.lines().filter(|l| !l.starts_with('#')).count();
 
@@ -163,16 +172,8 @@ fn kernel_map_scrape(iters: u32) {
         let values = aya::maps::PerCpuValues::try_from(vec![*v; cpus]).expect("per-cpu values");
         counters.insert(k, values, 0).expect("insert");
     }
-    let metrics = Arc::new(Metrics::new(
-        Box::new(podwatch::metrics::KernelCounters::new(counters, 65536)),
-        Arc::new(AgentStats::default()),
-        Arc::new(Mutex::new(cgroups)),
-        Arc::new(store),
-        Arc::new(BinaryNames::default()),
-        LabelConfig::default(),
-        Vec::new(),
-        Duration::from_secs(300),
-    ));
+    let metrics =
+        metrics_over(Box::new(podwatch::metrics::KernelCounters::new(counters, 65536)), cgroups, store);
     let (t, _) = time(iters, || metrics.render().map(|b| b.len()).unwrap_or(0));
     let verdict = if t < Duration::from_millis(50) { "met" } else { "NOT met" };
     println!(

@@ -22,6 +22,16 @@ fn policy(name: &str, selector: &str, rules: &str) -> String {
     format!("apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: {name}\nspec:\n  selector: {selector}\n  rules:\n{rules}")
 }
 
+/// A policy directory holding one file, and an agent enforcing it with
+/// `--events matched`. The directory must live as long as the agent.
+fn agent_with_policy(name: &str, selector: &str, rules: &str) -> (tempfile::TempDir, Agent) {
+    let dir = tempfile::tempdir().expect("tmp");
+    write(dir.path(), "p.yaml", &policy(name, selector, rules));
+    let agent =
+        Agent::start_with(&["--events", "matched", "--policy-dir", &dir.path().display().to_string()]);
+    (dir, agent)
+}
+
 fn scrape(agent: &Agent) -> String {
     http_get(&agent.addr, "/metrics").expect("scrape").1
 }
@@ -148,19 +158,12 @@ fn deny_policy_refuses_connects_with_eperm() {
 #[test]
 fn opens_matching_no_policy_send_no_records_but_are_counted() {
     require_root!();
-    let dir = tempfile::tempdir().expect("tmp");
-    write(
-        dir.path(),
-        "p.yaml",
-        &policy(
-            "shadow-log",
-            "{allPods: true}",
-            "  - name: log-shadow\n    action: log\n    file: {exact: [/etc/shadow]}\n",
-        ),
-    );
     let pod = FakePod::cgroupfs("burstable");
-    let agent =
-        Agent::start_with(&["--events", "matched", "--policy-dir", &dir.path().display().to_string()]);
+    let (_dir, agent) = agent_with_policy(
+        "shadow-log",
+        "{allPods: true}",
+        "  - name: log-shadow\n    action: log\n    file: {exact: [/etc/shadow]}\n",
+    );
     workload_in(&pod.cgroup, &["open", "500", "/etc/hostname"]);
     workload_in(&pod.cgroup, &["open", "3", "/etc/shadow"]);
     std::thread::sleep(Duration::from_millis(800));
@@ -182,19 +185,12 @@ fn opens_matching_no_policy_send_no_records_but_are_counted() {
 #[test]
 fn kill_on_exec_from_tmp() {
     require_root!();
-    let dir = tempfile::tempdir().expect("tmp");
-    write(
-        dir.path(),
-        "p.yaml",
-        &policy(
-            "no-tmp-exec",
-            "{allPods: true}",
-            "  - name: kill\n    action: kill\n    exec: {prefix: [/tmp/podwatch-exec-]}\n",
-        ),
-    );
     let pod = FakePod::systemd("besteffort");
-    let agent =
-        Agent::start_with(&["--events", "matched", "--policy-dir", &dir.path().display().to_string()]);
+    let (_dir, agent) = agent_with_policy(
+        "no-tmp-exec",
+        "{allPods: true}",
+        "  - name: kill\n    action: kill\n    exec: {prefix: [/tmp/podwatch-exec-]}\n",
+    );
     let bin = format!("/tmp/podwatch-exec-{}", uuid());
     std::fs::copy(crate::harness::workload(), &bin).expect("copy");
     let (pid, status) = run(command_in(Some(&pod.cgroup), &bin, &["noop"]));
@@ -271,19 +267,12 @@ fn reload_under_load_is_atomic_and_loses_nothing() {
 #[test]
 fn a_broken_reload_keeps_the_running_set() {
     require_root!();
-    let dir = tempfile::tempdir().expect("tmp");
-    write(
-        dir.path(),
-        "p.yaml",
-        &policy(
-            "shadow-log",
-            "{allPods: true}",
-            "  - name: r\n    action: log\n    file: {exact: [/etc/shadow]}\n",
-        ),
-    );
     let pod = FakePod::cgroupfs("burstable");
-    let agent =
-        Agent::start_with(&["--events", "matched", "--policy-dir", &dir.path().display().to_string()]);
+    let (dir, agent) = agent_with_policy(
+        "shadow-log",
+        "{allPods: true}",
+        "  - name: r\n    action: log\n    file: {exact: [/etc/shadow]}\n",
+    );
     write(
         dir.path(),
         "broken.yaml",
