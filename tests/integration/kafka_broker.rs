@@ -32,6 +32,9 @@ pub fn available() -> bool {
 
 pub struct Tansu {
     pub port: u16,
+    /// The address clients are told to use (the port of a `Cutoff` in front of
+    /// the broker, or the broker's own).
+    advertised: u16,
     child: Option<Child>,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -45,24 +48,30 @@ impl Drop for Tansu {
 
 impl Tansu {
     pub fn start(port: u16) -> Tansu {
+        Tansu::start_advertising(port, port)
+    }
+
+    /// A broker on `port` that tells clients to connect to `advertised`.
+    pub fn start_advertising(port: u16, advertised: u16) -> Tansu {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("tansu.log");
-        let mut t = Tansu { port, child: None, log, _dir: dir };
+        let mut t = Tansu { port, advertised, child: None, log, _dir: dir };
         t.restart();
         t
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised)
     }
 
     /// Starts the broker (again) and waits until it accepts connections.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "broker already running");
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new("tansu")
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -99,6 +108,63 @@ impl Tansu {
             Duration::from_secs(180),
         );
         out.lines().map(|l| serde_json::from_str(l).expect("consumer output")).collect()
+    }
+}
+
+/// A TCP relay in front of the broker that can cut it off: `down()` resets
+/// every relayed connection and closes new ones at once, as a dead broker
+/// would look to clients; `up()` relays again. The broker itself keeps its
+/// topics (tansu's in-memory storage loses them on a real restart, and then
+/// acknowledges writes to the missing topic).
+pub struct Cutoff {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Cutoff {
+    pub fn start(port: u16, broker_port: u16) -> Cutoff {
+        use std::sync::{atomic::AtomicBool, Arc, Mutex};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind cutoff");
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", broker_port)) else { continue };
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { continue };
+                if let Ok(mut list) = conns2.lock() {
+                    list.extend([c2, s2]);
+                }
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    })
+                };
+                let (Ok(c3), Ok(s3)) = (client.try_clone(), server.try_clone()) else { continue };
+                pipe(client, s3);
+                pipe(server, c3);
+            }
+        });
+        Cutoff { port, up, conns }
+    }
+
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut list) = self.conns.lock() {
+            for c in list.drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
