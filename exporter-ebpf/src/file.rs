@@ -230,6 +230,10 @@ fn match_open(
     cgroup_id: u64,
     ops: u8,
 ) -> policy::Verdict {
+    // No policy applies to this cgroup: skip the path walk altogether.
+    if policy::state(cgroup_id).1 == 0 {
+        return policy::Verdict::NONE;
+    }
     let Some(buf) = policy::scratch() else { return policy::Verdict::NONE };
     let len = if ret >= 0 {
         let Ok(root) = task_root(task) else { return policy::Verdict::NONE };

@@ -134,15 +134,20 @@ async fn policy_loop(
                 }
             }
         }
-        let (entries, gone) = {
-            let Ok(mut c) = cgroups.lock() else { continue };
-            let (alive, gone): (Vec<_>, Vec<_>) = c.entries().into_iter().partition(|(_, p)| c.exists(p));
-            let gone: Vec<u64> = gone.into_iter().map(|(id, _)| id).collect();
-            for id in &gone {
-                c.forget(*id);
-            }
-            (alive, gone)
+        // Snapshot under the lock, stat without it: the ring-buffer reader
+        // takes the same lock for every event.
+        let Some((known, probe)) = cgroups.lock().ok().map(|c| (c.entries(), c.clone_probe())) else {
+            continue;
         };
+        let (entries, gone): (Vec<_>, Vec<_>) = known.into_iter().partition(|(_, p)| probe.exists(p));
+        let gone: Vec<u64> = gone.into_iter().map(|(id, _)| id).collect();
+        if !gone.is_empty() {
+            if let Ok(mut c) = cgroups.lock() {
+                for id in &gone {
+                    c.forget(*id);
+                }
+            }
+        }
         if reload {
             if let Some(d) = &dir {
                 match policy::load_dir(d, caps) {

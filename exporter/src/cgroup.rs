@@ -160,10 +160,12 @@ impl CgroupResolver {
 
     /// Whether a cgroup path (relative to the cgroup2 root) still exists.
     pub fn exists(&self, path: &str) -> bool {
-        match &self.root {
-            Some(root) => root.join(path.trim_start_matches('/')).exists(),
-            None => true,
-        }
+        self.clone_probe().exists(path)
+    }
+
+    /// A handle that checks paths without holding the resolver.
+    pub fn clone_probe(&self) -> CgroupProbe {
+        CgroupProbe { root: self.root.clone() }
     }
 
     fn walk(&mut self) {
@@ -191,6 +193,20 @@ impl CgroupResolver {
                     stack.push((e.path(), depth + 1));
                 }
             }
+        }
+    }
+}
+
+/// Checks whether cgroup paths still exist, without the resolver's lock.
+pub struct CgroupProbe {
+    root: Option<PathBuf>,
+}
+
+impl CgroupProbe {
+    pub fn exists(&self, path: &str) -> bool {
+        match &self.root {
+            Some(root) => root.join(path.trim_start_matches('/')).exists(),
+            None => true,
         }
     }
 }
