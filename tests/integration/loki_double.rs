@@ -169,20 +169,7 @@ async fn handle(
 
 impl LokiDouble {
     pub async fn start() -> LokiDouble {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State::default()));
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(st.clone(), req));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
-                });
-            }
-        });
-        LokiDouble { addr, state, task }
+        LokiDouble::serve(None).await
     }
 
     /// The same receiver behind TLS (rustls), with this certificate chain and key (PEM).
@@ -198,18 +185,28 @@ impl LokiDouble {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        LokiDouble::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
+    }
+
+    /// Accepts on a free loopback port, over TLS when given an acceptor.
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> LokiDouble {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (st, acceptor) = (st.clone(), acceptor.clone());
+                let (st, tls) = (st.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
                     let svc = service_fn(move |req| handle(st.clone(), req));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+                    let conn = http1::Builder::new();
+                    let _ = match tls {
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(stream) => conn.serve_connection(TokioIo::new(stream), svc).await,
+                            Err(_) => return,
+                        },
+                        None => conn.serve_connection(TokioIo::new(tcp), svc).await,
+                    };
                 });
             }
         });
