@@ -13,10 +13,12 @@ use std::{
 };
 
 use podwatch::{
-    cgroup::CgroupResolver,
-    metadata::{ContainerMeta, PodMeta, PodStore, Workload},
-    metrics::{BinaryNames, LabelConfig, Metrics, StaticCounters},
-    stats::AgentStats,
+    pipeline::names::BinaryNames,
+    pods::{cgroup::CgroupResolver, ContainerMeta, PodMeta, PodStore, Workload},
+    telemetry::{
+        metrics::{LabelConfig, Metrics, StaticCounters},
+        stats::AgentStats,
+    },
 };
 use podwatch_common::{counter, file_op, CounterKey, CounterValue, DIRECTION_EGRESS, IPPROTO_TCP};
 use prometheus_client::{
@@ -77,7 +79,7 @@ fn synthetic() -> (Vec<(CounterKey, CounterValue)>, CgroupResolver, PodStore) {
 
 /// The collector as the agent builds it, over a given counter source.
 fn metrics_over(
-    counters: Box<dyn podwatch::metrics::CounterSource>,
+    counters: Box<dyn podwatch::telemetry::metrics::CounterSource>,
     cgroups: CgroupResolver,
     store: PodStore,
 ) -> Arc<Metrics> {
@@ -153,8 +155,8 @@ fn kernel_map_scrape(iters: u32) {
         return;
     }
     let (entries, cgroups, store) = synthetic();
-    let root = podwatch::cgroup::cgroup2_mount();
-    let sensors = match podwatch::sensors::load(&podwatch::sensors::LoadOptions {
+    let root = podwatch::pods::cgroup::cgroup2_mount();
+    let sensors = match podwatch::kernel::loader::load(&podwatch::kernel::loader::LoadOptions {
         ring_buffer_bytes: 1 << 20,
         counter_capacity: 65536,
         count_exec_by_binary: false,
@@ -166,14 +168,17 @@ fn kernel_map_scrape(iters: u32) {
             return;
         }
     };
-    let podwatch::sensors::Sensors { mut counters, ebpf: _programs, .. } = sensors;
+    let podwatch::kernel::loader::Sensors { mut counters, ebpf: _programs, .. } = sensors;
     let cpus = aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1);
     for (k, v) in &entries {
         let values = aya::maps::PerCpuValues::try_from(vec![*v; cpus]).expect("per-cpu values");
         counters.insert(k, values, 0).expect("insert");
     }
-    let metrics =
-        metrics_over(Box::new(podwatch::metrics::KernelCounters::new(counters, 65536)), cgroups, store);
+    let metrics = metrics_over(
+        Box::new(podwatch::telemetry::metrics::KernelCounters::new(counters, 65536)),
+        cgroups,
+        store,
+    );
     let (t, _) = time(iters, || metrics.render().map(|b| b.len()).unwrap_or(0));
     let verdict = if t < Duration::from_millis(50) { "met" } else { "NOT met" };
     println!(

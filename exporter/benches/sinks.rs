@@ -13,13 +13,13 @@ use std::{
 };
 
 use podwatch::{
-    event::Event,
-    sinks::{
+    outputs::sinks::{
         framework::{self, Encoder, QueueConfig, RetryConfig, SendError, Sent, SinkStats, Transport},
         kafka::{KafkaConfig, KafkaEncoder},
         loki::{LokiConfig, LokiEncoder},
         otlp::{OtlpConfig, OtlpEncoder},
     },
+    pipeline::event::Event,
 };
 use prost::Message as _;
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use crate::{metrics::LabelConfig, output::OutputTarget};
+use crate::{outputs::local::OutputTarget, telemetry::metrics::LabelConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -148,7 +148,7 @@ struct FileConfig {
     policies: Option<FilePolicies>,
     redaction: Option<FileRedaction>,
     /// Event sinks (Loki, Kafka, OTLP); all off unless configured.
-    sinks: Option<crate::sinks::SinksConfig>,
+    sinks: Option<crate::outputs::sinks::SinksConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,7 +225,7 @@ pub struct AgentConfig {
     pub events: EventsMode,
     pub redaction_enabled: bool,
     pub redaction_patterns: Vec<String>,
-    pub sinks: crate::sinks::SinksConfig,
+    pub sinks: crate::outputs::sinks::SinksConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -260,7 +260,7 @@ impl RunArgs {
         let fred = file.redaction.unwrap_or_default();
         let mut redaction_patterns = fred.patterns.unwrap_or_default();
         redaction_patterns.extend(self.redact_patterns.iter().cloned());
-        crate::redact::Redactor::new(&redaction_patterns, true).map_err(anyhow::Error::msg)?;
+        crate::pipeline::redact::Redactor::new(&redaction_patterns, true).map_err(anyhow::Error::msg)?;
 
         let kind = self.output.or(fo.kind).unwrap_or(OutputKind::Stdout);
         let output = match kind {

@@ -1,26 +1,28 @@
 //! podwatch: an eBPF security observability agent for Kubernetes.
 //!
-//! Data path: kernel programs (`podwatch-ebpf`) → ring buffer → [`decode`] →
-//! [`enrich`] (process cache, cgroup → pod) → [`output`] and the live stream
-//! served by [`server`].
+//! The folders follow the data path:
+//!
+//! ```text
+//! kernel/     load programs, BTF offsets, typed map handles
+//!   │ ring buffer records            │ per-pod counter maps
+//!   ▼                                ▼
+//! pipeline/   reader → decode → enrich        telemetry/  /metrics, /stats, /readyz
+//!   │ events                                    ▲
+//!   ▼                                           │ pod labels
+//! outputs/    local file/stdout, live /events, sinks (Loki, Kafka, OTLP)
+//! pods/       cgroup id → pod uid → pod metadata (Kubernetes, file, none)
+//! policy/     YAML policies → kernel tries and masks, atomic reload
+//! ```
+//!
+//! [`agent`] wires the stages together; [`config`] reads flags, env and YAML.
 
 pub mod agent;
-pub mod btf;
-pub mod cgroup;
-pub mod client;
+pub mod cli;
 pub mod config;
-pub mod decode;
-pub mod enrich;
-pub mod event;
-pub mod metadata;
-pub mod metrics;
-pub mod output;
+pub mod kernel;
+pub mod outputs;
+pub mod pipeline;
+pub mod pods;
 pub mod policy;
-pub mod proc_cache;
-pub mod redact;
-pub mod sensors;
-pub mod server;
-pub mod sinks;
-pub mod stats;
+pub mod telemetry;
 pub mod tls;
-pub mod view;

@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use podwatch::{
     config::{LogFormat, RunArgs},
-    event::Kind,
-    view::EventFilter,
+    outputs::view::EventFilter,
+    pipeline::event::Kind,
 };
 
 /// eBPF security observability for Kubernetes: process execution, file access
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { dir }) => policy_check(&dir),
         Command::Events(a) => {
             let filter = EventFilter { namespaces: a.namespaces, pods: a.pods, kinds: a.kinds };
-            rt.block_on(podwatch::client::follow(&a.server, &filter, a.compact))
+            rt.block_on(podwatch::cli::events::follow(&a.server, &filter, a.compact))
         }
     };
     match result {

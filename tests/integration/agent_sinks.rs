@@ -24,7 +24,7 @@ fn agent_ships_pod_events_to_loki() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let line = loop {
         let found = loki.accepted().into_iter().find(|(_, e)| {
-            serde_json::from_str::<podwatch::event::Event>(&e.line).is_ok_and(|ev| {
+            serde_json::from_str::<podwatch::pipeline::event::Event>(&e.line).is_ok_and(|ev| {
                 ev.process.parent.as_ref().is_some_and(|p| p.pid == bash) && ev.file.is_some()
             })
         });
@@ -37,7 +37,7 @@ fn agent_ships_pod_events_to_loki() {
     let (labels, entry) = line;
     assert!(labels.contains("kind=\"file\""), "{labels}");
     assert!(!labels.contains(&pod.uid), "pod uid must not be a stream label: {labels}");
-    let ev: podwatch::event::Event = serde_json::from_str(&entry.line).expect("event JSON");
+    let ev: podwatch::pipeline::event::Event = serde_json::from_str(&entry.line).expect("event JSON");
     assert_eq!(ev.pod.map(|p| p.uid), Some(pod.uid.clone()));
     assert!(loki.attempts().iter().all(|a| a.tenant.as_deref() == Some("team-a")));
     let (_, body) = crate::harness::http_get(&agent.addr, "/metrics").expect("scrape");

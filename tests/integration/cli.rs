@@ -5,10 +5,10 @@ use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use crate::harness::{bash_in, require_root, Agent, FakePod, BIN};
+use crate::harness::{bash_in, require_root, uuid, Agent, FakePod, BIN};
 
 #[test]
 fn bad_config_names_the_file_and_key() {
@@ -46,8 +46,13 @@ fn follow(args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
     (child, rx)
 }
 
-fn wait_line(rx: &mpsc::Receiver<String>, pred: impl Fn(&str) -> bool) -> Option<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+/// The first line matching `pred` within `timeout`; other lines are dropped.
+fn wait_line_for(
+    rx: &mpsc::Receiver<String>,
+    timeout: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = std::time::Instant::now() + timeout;
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         match rx.recv_timeout(left) {
             Ok(l) if pred(&l) => return Some(l),
@@ -65,22 +70,40 @@ fn events_compact_filters_by_pod_and_kind() {
     let pod = FakePod::systemd("besteffort");
     let (mut child, rx) =
         follow(&["--server", &agent.addr, "--compact", "--pods", &pod.uid, "--kind", "exec,file"]);
-    std::thread::sleep(Duration::from_millis(500));
+    let short = &pod.uid[..8];
+    // The subscription is live once a pod event comes through it: repeat a
+    // marked exec in the pod until one does.
+    let hello = format!("hello-{}", uuid());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        bash_in(Some(&pod.cgroup), &format!("/bin/echo {hello} >/dev/null"));
+        if wait_line_for(&rx, Duration::from_secs(1), |l| l.contains(&hello)).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "podwatch events never showed the pod's events");
+    }
     // A host process first: it must not show up.
     bash_in(None, "/bin/cat /etc/hostname >/dev/null");
     bash_in(Some(&pod.cgroup), "/bin/cat /etc/hostname >/dev/null; exit 3");
-    let short = &pod.uid[..8];
-    let exec = wait_line(&rx, |l| l.starts_with("🚀 exec") && l.contains("/bin/cat /etc/hostname"));
+    // A sentinel in the pod: the stream is ordered, so once its line is here,
+    // every line for what ran before it is too.
+    let sentinel = format!("sentinel-{}", uuid());
+    bash_in(Some(&pod.cgroup), &format!("/bin/echo {sentinel} >/dev/null"));
+    let mut seen = Vec::new();
+    while let Some(l) = wait_line_for(&rx, Duration::from_secs(20), |_| true) {
+        if l.contains(&sentinel) && l.starts_with("🚀 exec") && l.contains("/bin/echo") {
+            break;
+        }
+        seen.push(l);
+    }
+    let exec = seen.iter().find(|l| l.starts_with("🚀 exec") && l.contains("/bin/cat /etc/hostname"));
     let exec = exec.expect("compact exec line");
     assert!(exec.contains(&format!("pod/{short}")), "{exec}");
-    let open =
-        wait_line(&rx, |l| l.starts_with("📚 read") && l.contains("/etc/hostname")).expect("read line");
-    assert!(open.contains(&format!("pod/{short}")), "{open}");
+    let open = seen.iter().find(|l| l.starts_with("📚 read") && l.contains("/etc/hostname"));
+    assert!(open.expect("read line").contains(&format!("pod/{short}")), "{open:?}");
     // Nothing from the host, and no exit lines (not asked for).
-    std::thread::sleep(Duration::from_millis(1000));
-    let rest: Vec<String> = rx.try_iter().collect();
-    assert!(rest.iter().all(|l| l.contains(&format!("pod/{short}"))), "{rest:?}");
-    assert!(rest.iter().all(|l| !l.starts_with("💥")), "{rest:?}");
+    assert!(seen.iter().all(|l| l.contains(&format!("pod/{short}"))), "{seen:?}");
+    assert!(seen.iter().all(|l| !l.starts_with("💥")), "{seen:?}");
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -103,7 +126,15 @@ fn file_output_rotates() {
     ]);
     let pod = FakePod::cgroupfs("guaranteed");
     bash_in(Some(&pod.cgroup), "for i in $(seq 100); do /bin/cat /etc/hostname >/dev/null; done");
-    std::thread::sleep(Duration::from_secs(2));
+    // Everything before a sentinel exec has been written once the sentinel is
+    // in the current file (the output is ordered and flushed when idle).
+    let sentinel = format!("sentinel-{}", uuid());
+    bash_in(None, &format!("/bin/echo {sentinel} >/dev/null"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&out).is_ok_and(|t| t.contains(&sentinel)) {
+        assert!(Instant::now() < deadline, "the sentinel never reached {out_s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(agent);
     let rotated = dir.path().join("events.jsonl.1");
     assert!(rotated.exists(), "rotation happened");
@@ -112,7 +143,7 @@ fn file_output_rotates() {
         let text = std::fs::read_to_string(p).expect("read");
         assert!(std::fs::metadata(p).expect("meta").len() <= 65536);
         for line in text.lines() {
-            serde_json::from_str::<podwatch::event::Event>(line).expect("every line is an event");
+            serde_json::from_str::<podwatch::pipeline::event::Event>(line).expect("every line is an event");
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{os::unix::process::ExitStatusExt, time::Duration};
 
-use podwatch::event::Kind;
+use podwatch::pipeline::event::Kind;
 
 use crate::harness::{bash_in, command_in, ends_with, require_root, Agent};
 
@@ -86,7 +86,12 @@ fn processes_older_than_the_agent_are_described_from_proc() {
     // Started before the agent: its binary and args come from the /proc seed.
     let mut child = command_in(None, "/bin/sleep", &["7.5"]).spawn().expect("sleep");
     let pid = child.id();
-    std::thread::sleep(Duration::from_millis(200));
+    // Until the exec has happened, /proc shows the test binary (the fork).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(b"7.5\0")) {
+        assert!(std::time::Instant::now() < deadline, "sleep 7.5 never started");
+        std::thread::yield_now();
+    }
     let agent = Agent::start();
     child.kill().expect("kill");
     child.wait().expect("wait");
@@ -134,7 +139,7 @@ fn secrets_in_argv_are_masked_before_any_output() {
             "--color=auto"
         ]
     );
-    let everything = serde_json::to_string(&agent.settle(|e| e.process.pid == pid)).expect("json");
+    let everything = serde_json::to_string(&agent.drain(|e| e.process.pid == pid)).expect("json");
     for secret in ["hunter2", "t0k3n", "wJalrXUtnFEMI", "eyJhbGci", "sk_live_abc123"] {
         assert!(!everything.contains(secret), "{secret} leaked into an event");
     }

@@ -3,11 +3,11 @@
 
 use std::os::unix::process::CommandExt;
 
-use podwatch::event::Kind;
+use podwatch::pipeline::event::Kind;
 
 use crate::harness::{bash_in, command_in, require_root, run, Agent};
 
-fn opens_by(agent: &Agent, parent_bash: u32, path: &str) -> podwatch::event::Event {
+fn opens_by(agent: &Agent, parent_bash: u32, path: &str) -> podwatch::pipeline::event::Event {
     agent.expect_one(path, |e| {
         e.kind == Kind::File
             && e.file.as_ref().is_some_and(|f| f.path == path)

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use podwatch::event::Event;
+use podwatch::pipeline::event::{Event, Kind};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_podwatch");
 
@@ -47,6 +47,8 @@ pub struct Agent {
     child: Child,
     pub addr: String,
     events: Arc<(Mutex<Vec<Event>>, Condvar)>,
+    /// Started with `--events all`: every host exec is logged (see `drain`).
+    events_all: bool,
     bad_lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -57,11 +59,12 @@ impl Agent {
 
     pub fn start_with(extra: &[&str]) -> Agent {
         let addr = format!("127.0.0.1:{}", free_port());
+        let events_all = !extra.contains(&"--events") || extra.windows(2).any(|w| w == ["--events", "all"]);
         let mut child = Command::new(BIN)
             .args(["run", "--listen", &addr, "--log-level", "warn"])
             // Every event unless a test says otherwise, so tests see what their
             // processes did; policy tests pass `--events matched`.
-            .args(if extra.contains(&"--events") { &[][..] } else { &["--events", "all"][..] })
+            .args(if events_all { &["--events", "all"][..] } else { &[][..] })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -87,7 +90,7 @@ impl Agent {
                 }
             });
         }
-        let mut agent = Agent { child, addr, events, bad_lines };
+        let mut agent = Agent { child, addr, events, events_all, bad_lines };
         agent.wait_ready();
         agent
     }
@@ -143,10 +146,47 @@ impl Agent {
         self.events.0.lock().expect("lock").len()
     }
 
-    /// Lets in-flight events arrive, then returns every match.
-    pub fn settle(&self, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
-        std::thread::sleep(Duration::from_millis(1500));
+    /// Returns every match once everything that happened before this call
+    /// has been read: a sentinel process runs on the host and its exec event
+    /// is waited for. The kernel ring buffer is consumed in the order records
+    /// were reserved and the reader and the stdout output keep that order, so
+    /// when the sentinel's event has arrived, every earlier event has too.
+    /// Needs an agent that logs host execs (`--events all`, the default here).
+    pub fn drain(&self, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+        assert!(self.events_all, "drain() needs an agent started with --events all");
+        let marker = format!("podwatch-sentinel-{}", uuid());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // A sentinel can itself be lost when a test overflows the ring buffer
+        // on purpose: run another until one arrives.
+        loop {
+            let mut sentinel = Command::new("/bin/true");
+            sentinel.arg(&marker).env_clear();
+            let (pid, _) = run(sentinel);
+            let seen = self.wait_n(1, Duration::from_secs(3), |e| {
+                e.kind == Kind::Exec && e.process.pid == pid && e.process.args.contains(&marker)
+            });
+            if !seen.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no sentinel event arrived within 60 s");
+        }
         self.wait_n(usize::MAX, Duration::ZERO, pred)
+    }
+
+    /// Scrapes /metrics until `family` summed over series with these exact
+    /// labels equals `want`; returns that scrape. Kernel counters are exact the
+    /// moment a process has finished, but pod labels resolve in user space.
+    pub fn wait_metric(&self, family: &str, labels: &[(&str, &str)], want: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = http_get(&self.addr, "/metrics").expect("GET /metrics");
+            let got = metric_sum(&body, family, labels);
+            if got == Some(want) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{family}{labels:?}: wanted {want}, /metrics says {got:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn stats(&self) -> serde_json::Value {
@@ -193,7 +233,7 @@ pub fn uuid() -> String {
 }
 
 pub fn cgroup2_root() -> PathBuf {
-    podwatch::cgroup::cgroup2_mount().expect("a cgroup2 hierarchy is mounted")
+    podwatch::pods::cgroup::cgroup2_mount().expect("a cgroup2 hierarchy is mounted")
 }
 
 /// A pod as kubelet lays it out in cgroup2: the directories are real, so a
@@ -348,23 +388,49 @@ pub fn workload_in(cgroup: &Path, args: &[&str]) -> u32 {
 pub fn metric_sum(text: &str, family: &str, want: &[(&str, &str)]) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(x) => x,
-            None => continue,
-        };
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
         let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, l.trim_end_matches('}')),
-            None => (series, ""),
+            Some((n, l)) => (n, parse_labels(l.strip_suffix('}').unwrap_or(l))),
+            None => (series, Vec::new()),
         };
         if name != family {
             continue;
         }
-        if want.iter().all(|(k, v)| labels.contains(&format!("{k}=\"{v}\""))) {
+        if want.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v)) {
             let v: f64 = value.parse().unwrap_or(f64::NAN);
             found = Some(found.unwrap_or(0.0) + v);
         }
     }
     found
+}
+
+/// `a="x",b="y\"z"` → [(a, x), (b, y"z)]: exact pairs, so `pod="ab"` never
+/// matches `pod="abc"` and a comma inside a value does not split it.
+fn parse_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, other)) => value.push(other),
+                    None => {}
+                },
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.push((key.trim_start_matches(',').trim().to_owned(), value));
+        rest = &after[end..];
+    }
+    out
 }
 
 /// A pod for the static metadata file: (pod, namespace, name, workload kind/name).

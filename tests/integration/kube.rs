@@ -13,7 +13,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use podwatch::metadata::{kube as source, ContainerMeta, PodStore, Workload};
+use podwatch::pods::{kube as source, ContainerMeta, PodStore, Workload};
 use serde_json::{json, Value};
 
 use crate::kube_api::{certs, eventually, ApiDouble};

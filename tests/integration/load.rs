@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use podwatch::event::Kind;
+use podwatch::pipeline::event::Kind;
 
 use crate::harness::{bash_in, require_root, Agent, FakePod};
 
@@ -15,7 +15,7 @@ fn a_thousand_execs_all_arrive() {
     let cg = pod.cgroup_id();
     let (_, status) = bash_in(Some(&pod.cgroup), "for i in $(seq 1000); do /bin/true; done");
     assert!(status.success());
-    let is_true = |e: &podwatch::event::Event| {
+    let is_true = |e: &podwatch::pipeline::event::Event| {
         e.kind == Kind::Exec
             && e.cgroup.id == cg
             && e.process.binary.as_deref().is_some_and(|b| b.ends_with("/true"))
@@ -41,7 +41,7 @@ fn a_thousand_execs_all_arrive() {
         );
     }
     // And no more than 1000 (no duplicates), once everything has settled.
-    assert_eq!(agent.settle(is_true).len(), 1000);
+    assert_eq!(agent.drain(is_true).len(), 1000);
     let stats = agent.stats();
     assert_eq!(stats["stats"]["kernel_ringbuf_lost"], 0);
     assert_eq!(stats["stats"]["output_queue_drops"], 0);

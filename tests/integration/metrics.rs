@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use podwatch::event::Kind;
+use podwatch::pipeline::event::Kind;
 
 use crate::harness::{free_port, http_get, metric_sum, pods_file, require_root, workload_in, Agent, FakePod};
 
@@ -167,9 +167,8 @@ fn promtool_accepts_a_real_scrape() {
     let agent = Agent::start_with(&["--output", "none"]);
     let pod = FakePod::systemd("besteffort");
     workload_in(&pod.cgroup, &["open", "3", "/etc/hostname"]);
-    std::thread::sleep(Duration::from_millis(500));
-    let (code, body) = http_get(&agent.addr, "/metrics").expect("scrape");
-    assert_eq!(code, 200);
+    let body =
+        agent.wait_metric("podwatch_file_access_total", &[("pod", &pod.uid), ("operation", "read")], 3.0);
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -201,10 +200,9 @@ fn tiny_ring_buffer_counters_stay_exact_and_losses_are_counted() {
     let cg = pod.cgroup_id();
     const N: usize = 20_000;
     workload_in(&pod.cgroup, &["open", &N.to_string(), "/etc/hostname"]);
-    std::thread::sleep(Duration::from_secs(2));
 
     let delivered = agent
-        .settle(|e| {
+        .drain(|e| {
             e.kind == Kind::File
                 && e.cgroup.id == cg
                 && e.file.as_ref().is_some_and(|f| f.path == "/etc/hostname")
@@ -230,9 +228,7 @@ fn deleted_pod_series_go_after_the_grace_period() {
     let uid = {
         let pod = FakePod::systemd("burstable");
         workload_in(&pod.cgroup, &["exec", "2"]);
-        std::thread::sleep(Duration::from_millis(300));
-        let (_, body) = http_get(&agent.addr, "/metrics").expect("scrape");
-        assert_eq!(metric_sum(&body, "podwatch_exec_total", &[("pod", &pod.uid)]), Some(3.0));
+        agent.wait_metric("podwatch_exec_total", &[("pod", &pod.uid)], 3.0);
         pod.uid.clone()
         // dropping the pod removes its cgroup, as kubelet does
     };

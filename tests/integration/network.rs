@@ -6,7 +6,7 @@ use std::{
     net::{TcpListener, UdpSocket},
 };
 
-use podwatch::event::Kind;
+use podwatch::pipeline::event::Kind;
 
 use crate::harness::{command_in, require_root, run, Agent};
 
@@ -92,7 +92,7 @@ fn refused_connect_reports_the_errno() {
     let n = e.network.expect("network");
     assert_eq!((n.result.as_str(), n.dst.port), ("ECONNREFUSED", port));
     // A refused connect never became a connection: no close event for it.
-    assert!(agent.settle(|e| e.kind == Kind::Close && e.process.pid == pid).is_empty());
+    assert!(agent.drain(|e| e.kind == Kind::Close && e.process.pid == pid).is_empty());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Pod attribution from kubelet-shaped cgroups (systemd and cgroupfs drivers).
 
-use podwatch::event::Kind;
+use podwatch::pipeline::event::Kind;
 
 use crate::harness::{bash_in, require_root, Agent, FakePod};
 

@@ -1,5 +1,5 @@
 //! Sinks end to end, without root: hand-built (realistic) events through
-//! `podwatch::sinks::Sinks` into a Loki double and an OTLP double (both built
+//! `podwatch::outputs::sinks::Sinks` into a Loki double and an OTLP double (both built
 //! from the official protocol definitions, see their modules) and into a real
 //! Kafka-protocol broker (tansu) read back by an independent consumer.
 
@@ -10,8 +10,8 @@ use std::{
 };
 
 use podwatch::{
-    event::Event,
-    sinks::{SinkStatsSnapshot, Sinks, SinksConfig},
+    outputs::sinks::{SinkStatsSnapshot, Sinks, SinksConfig},
+    pipeline::event::Event,
 };
 
 use crate::{

@@ -25,7 +25,7 @@ use super::{
     compile::{compile, Compiled, Prefix, RuleInfo},
     Policy,
 };
-use crate::{cgroup::parse_kubelet_path, metadata::PodStore};
+use crate::pods::{cgroup::parse_kubelet_path, PodStore};
 
 type PathTrie = LpmTrie<MapData, [u8; PATH_KEY_LEN], MatchSet>;
 type AddrTrie = LpmTrie<MapData, [u8; ADDR_KEY_LEN], MatchSet>;

@@ -19,6 +19,7 @@
 
 pub mod compile;
 pub mod engine;
+pub mod reload;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use aya::maps::{MapData, PerCpuArray};
+use podwatch_common::stat;
 use serde::Serialize;
 
 #[derive(Default, Debug)]
@@ -65,8 +67,19 @@ pub struct DecodeErrors {
 }
 
 impl AgentStats {
-    pub fn decode_error(&self, e: crate::decode::DecodeError) {
-        use crate::decode::DecodeError::*;
+    /// Copies the kernel's own counters (summed over CPUs) from its STATS map.
+    pub fn poll_kernel(&self, map: &PerCpuArray<MapData, u64>) {
+        let sum = |idx: u32| -> u64 { map.get(&idx, 0).map(|v| v.iter().copied().sum()).unwrap_or(0) };
+        self.kernel_ringbuf_lost.store(sum(stat::RINGBUF_LOST), Relaxed);
+        self.kernel_records.store(sum(stat::RECORDS), Relaxed);
+        self.kernel_read_errors.store(sum(stat::READ_ERRORS), Relaxed);
+        self.kernel_open_stash_misses.store(sum(stat::OPEN_STASH_MISS), Relaxed);
+        self.kernel_sock_owner_misses.store(sum(stat::SOCK_OWNER_MISS), Relaxed);
+        self.kernel_counter_full.store(sum(stat::COUNTER_FULL), Relaxed);
+    }
+
+    pub fn decode_error(&self, e: crate::pipeline::decode::DecodeError) {
+        use crate::pipeline::decode::DecodeError::*;
         match e {
             Short => &self.decode_short,
             UnknownKind => &self.decode_unknown_kind,

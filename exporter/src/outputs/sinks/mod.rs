@@ -19,7 +19,7 @@ pub use kafka::KafkaConfig;
 pub use loki::LokiConfig;
 pub use otlp::OtlpConfig;
 
-use crate::event::Event;
+use crate::pipeline::event::Event;
 
 /// `sinks:` in the YAML config; every sink is off unless configured.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -109,7 +109,7 @@ pub fn namespace_of(ev: &Event) -> &str {
 pub(crate) mod testdata {
     use std::sync::Arc;
 
-    use crate::event::*;
+    use crate::pipeline::event::*;
 
     pub fn exec_in_pod(pid: u32, time: &str) -> Arc<Event> {
         // Built from JSON so that fields added to Event later need no change here.

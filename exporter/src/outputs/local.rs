@@ -13,7 +13,7 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::error;
 
-use crate::{event::Event, stats::AgentStats};
+use crate::{pipeline::event::Event, telemetry::stats::AgentStats};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputTarget {

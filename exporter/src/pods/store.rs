@@ -9,9 +9,6 @@
 //! last scrape still resolve; `expire` then removes it and reports its uid so
 //! its metric series can go too.
 
-pub mod kube;
-pub mod static_file;
-
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{

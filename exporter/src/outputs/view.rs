@@ -2,7 +2,7 @@
 //! `podwatch events`, and the compact one-line view (in the spirit of
 //! `tetra getevents -o compact`).
 
-use crate::event::{Event, Kind};
+use crate::pipeline::event::{Event, Kind};
 
 /// Which events a viewer wants. Empty lists match everything.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -152,7 +152,7 @@ pub fn compact(ev: &Event) -> String {
             let Some(n) = &ev.network else {
                 return format!("🔌 {}    {who} {bin}", ev.kind.as_str());
             };
-            let ep = |e: &crate::event::Endpoint| {
+            let ep = |e: &crate::pipeline::event::Endpoint| {
                 if e.address.contains(':') {
                     format!("[{}]:{}", e.address, e.port)
                 } else {
@@ -178,7 +178,7 @@ pub fn compact(ev: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::*;
+    use crate::pipeline::event::*;
 
     fn ev(kind: Kind) -> Event {
         Event {

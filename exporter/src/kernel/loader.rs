@@ -15,7 +15,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::{
-    btf::{kernel_offsets, Btf},
+    kernel::btf::{kernel_offsets, Btf},
     policy::engine::PolicyMaps,
 };
 

@@ -24,7 +24,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::event::Event;
+use crate::pipeline::event::Event;
 
 /// Queue and batch settings, the same keys for every sink.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

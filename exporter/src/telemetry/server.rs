@@ -9,23 +9,29 @@ use std::{
         atomic::{AtomicBool, Ordering::Relaxed},
         Arc,
     },
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::{body::Frame, server::conn::http1, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::{net::TcpListener, sync::broadcast};
-use tracing::debug;
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, Semaphore},
+};
+use tracing::{debug, warn};
 
 use crate::{
-    event::Event,
-    metadata::PodStore,
-    metrics::{to_prometheus_text, Metrics},
-    sensors::SensorStatus,
-    stats::AgentStats,
-    view::EventFilter,
+    kernel::loader::SensorStatus,
+    outputs::{live, view::EventFilter},
+    pipeline::event::Event,
+    pods::PodStore,
+    telemetry::{
+        metrics::{to_prometheus_text, Metrics},
+        stats::AgentStats,
+    },
 };
 
 pub struct ServerState {
@@ -66,30 +72,11 @@ fn json<T: Serialize>(v: &T) -> Response<Body> {
 struct StatsReply {
     ready: bool,
     sensors: Vec<SensorStatus>,
-    stats: crate::stats::StatsSnapshot,
+    stats: crate::telemetry::stats::StatsSnapshot,
 }
 
 fn event_stream(state: &ServerState, filter: EventFilter) -> Response<Body> {
-    let rx = state.events.subscribe();
-    let stats = state.stats.clone();
-    let stream = futures_util::stream::unfold((rx, filter, stats), |(mut rx, filter, stats)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    if !filter.matches(&ev) {
-                        continue;
-                    }
-                    let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
-                    line.push(b'\n');
-                    return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), (rx, filter, stats)));
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    stats.stream_lagged.fetch_add(n, Relaxed);
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    });
+    let stream = live::subscribe(&state.events, filter, state.stats.clone());
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(Box::pin(stream))));
     r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/x-ndjson"));
     r
@@ -154,7 +141,14 @@ async fn route(
     })
 }
 
+/// Connections served at once; more are closed at accept (and logged), so a
+/// flood of clients cannot exhaust the agent's memory or file descriptors.
+pub const MAX_CONNECTIONS: usize = 128;
+/// A client must send its request head within this time (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -163,12 +157,22 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(%peer, limit = MAX_CONNECTIONS, "http connection refused: too many open connections");
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| route(state.clone(), req));
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
                 debug!(%peer, "http connection: {e}");
             }
+            drop(slot);
         });
     }
 }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::event::lossless_string;
+use crate::pipeline::event::lossless_string;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProcessInfo {
@@ -28,7 +28,7 @@ pub struct ProcessCache {
     linger: Duration,
     proc_root: std::path::PathBuf,
     /// Masks secrets in argv before anything is stored.
-    pub redactor: std::sync::Arc<crate::redact::Redactor>,
+    pub redactor: std::sync::Arc<crate::pipeline::redact::Redactor>,
     pub misses: u64,
     pub evictions: u64,
 }

@@ -10,8 +10,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::{
-    event::Event,
-    view::{compact, EventFilter},
+    outputs::view::{compact, EventFilter},
+    pipeline::event::Event,
 };
 
 pub async fn follow(server: &str, filter: &EventFilter, compact_view: bool) -> anyhow::Result<()> {

@@ -12,16 +12,20 @@ use std::sync::{Arc, Mutex};
 use podwatch_common::{file_op, flags, kind, open_syscall, path_hash, Header, Net, AF_INET6, IPPROTO_UDP};
 
 use crate::{
-    cgroup::{parse_kubelet_path, CgroupResolver},
-    decode::{Payload, Record},
-    event::{
-        errno_name, exit_status, lossless_string, Cgroup, Container, Endpoint, Event, File, Kind, Network,
-        Parent, Pod, Process,
+    pipeline::{
+        decode::{Payload, Record},
+        event::{
+            errno_name, exit_status, lossless_string, Cgroup, Container, Endpoint, Event, File, Kind,
+            Network, Parent, Pod, Process,
+        },
+        names::{file_op_name, BinaryNames},
+        proc_cache::{ProcessCache, ProcessInfo},
     },
-    metadata::PodStore,
-    metrics::{file_op_name, BinaryNames},
+    pods::{
+        cgroup::{parse_kubelet_path, CgroupResolver},
+        PodStore,
+    },
     policy::{engine::RuleNames, Action},
-    proc_cache::{ProcessCache, ProcessInfo},
 };
 
 pub struct Enricher {

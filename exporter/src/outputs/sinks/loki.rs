@@ -18,7 +18,7 @@ use super::{
     http::{classify, static_headers, BasicAuth, HttpClient, TlsConfig},
     namespace_of,
 };
-use crate::event::Event;
+use crate::pipeline::event::Event;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -404,7 +404,7 @@ pub fn start(cfg: &LokiConfig, node: &str) -> anyhow::Result<SinkHandle> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::testdata::*;
+    use crate::outputs::sinks::testdata::*;
 
     fn cfg(yaml: &str) -> LokiConfig {
         serde_yaml::from_str(yaml).unwrap()

@@ -22,7 +22,7 @@ use super::{
     framework::{self, Encoder, QueueConfig, RetryConfig, SendError, Sent, SinkHandle, SinkStats, Transport},
     namespace_of,
 };
-use crate::event::Event;
+use crate::pipeline::event::Event;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -419,7 +419,7 @@ pub fn start(cfg: &KafkaConfig, node: &str) -> anyhow::Result<SinkHandle> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::testdata::*;
+    use crate::outputs::sinks::testdata::*;
 
     fn cfg(yaml: &str) -> KafkaConfig {
         serde_yaml::from_str(yaml).unwrap()

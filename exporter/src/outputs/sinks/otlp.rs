@@ -36,7 +36,7 @@ use super::{
     framework::{self, Encoder, QueueConfig, RetryConfig, SendError, Sent, SinkHandle, SinkStats, Transport},
     http::{classify, static_headers, HttpClient, TlsConfig},
 };
-use crate::{event::Event, tls::system_ca};
+use crate::{pipeline::event::Event, tls::system_ca};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -382,7 +382,7 @@ pub fn start(cfg: &OtlpConfig, node: &str) -> anyhow::Result<SinkHandle> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::testdata::*;
+    use crate::outputs::sinks::testdata::*;
 
     fn attr<'a>(a: &'a [KeyValue], k: &str) -> Option<&'a Value> {
         a.iter().find(|x| x.key == k).and_then(|x| x.value.as_ref()).and_then(|v| v.value.as_ref())

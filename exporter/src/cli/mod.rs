@@ -1,0 +1,3 @@
+//! Subcommands other than `run` that talk to a running agent.
+
+pub mod events;

@@ -1,0 +1,82 @@
+//! The ring-buffer reader: the one task every kernel record passes through.
+//! It decodes, enriches and offers each event to every output; offers never
+//! wait (each output has its own bounded queue), so a slow disk, sink or
+//! viewer can never back up into the kernel.
+
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::broadcast};
+
+use crate::{
+    outputs::{local::OutputHandle, sinks::Sinks},
+    pipeline::{decode::decode, enrich::Enricher, event::Event},
+    telemetry::stats::AgentStats,
+};
+
+/// Everything downstream of the ring buffer.
+pub struct Fanout {
+    pub local: OutputHandle,
+    pub sinks: Arc<Sinks>,
+    pub live: broadcast::Sender<Arc<Event>>,
+}
+
+pub struct Reader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    enricher: Enricher,
+    stats: Arc<AgentStats>,
+    last_tick: Instant,
+}
+
+impl Reader {
+    pub fn new(ring: RingBuf<MapData>, enricher: Enricher, stats: Arc<AgentStats>) -> anyhow::Result<Reader> {
+        // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+        Ok(Reader { ring, enricher, stats, last_tick: Instant::now() })
+    }
+
+    /// Waits until the ring buffer has records, then drains it into `out`.
+    pub async fn read_batch(&mut self, out: &Fanout) -> anyhow::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            self.stats.records_read.fetch_add(1, Relaxed);
+            match decode(&item) {
+                Ok(rec) => {
+                    drop(item);
+                    if let Some(ev) = self.enricher.enrich(rec) {
+                        let ev = Arc::new(ev);
+                        self.stats.events_emitted.fetch_add(1, Relaxed);
+                        out.local.offer(&ev, &self.stats);
+                        out.sinks.offer(&ev);
+                        let _ = out.live.send(ev);
+                    }
+                }
+                Err(e) => self.stats.decode_error(e),
+            }
+        }
+        guard.clear_ready();
+        if self.last_tick.elapsed() >= Duration::from_secs(1) {
+            self.housekeeping();
+        }
+        Ok(())
+    }
+
+    /// Once a second: expire exited processes, publish cache sizes.
+    fn housekeeping(&mut self) {
+        self.last_tick = Instant::now();
+        let e = &mut self.enricher;
+        e.tick(self.last_tick);
+        self.stats.process_cache_size.store(e.procs.len() as u64, Relaxed);
+        self.stats.process_cache_misses.store(e.procs.misses, Relaxed);
+        self.stats.process_cache_evictions.store(e.procs.evictions, Relaxed);
+        if let Ok(c) = e.cgroups.lock() {
+            self.stats.cgroup_cache_size.store(c.len() as u64, Relaxed);
+            self.stats.cgroup_misses.store(c.misses, Relaxed);
+        }
+    }
+}
