@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
-# Prints podwatch's performance figures. Each is a ratio against a baseline
-# measured in the same run (the machine is shared and noisy); as root the
-# scrape bench also reads a real kernel map.
+# Prints podwatch's performance figures. Each is a ratio or a rate measured in
+# the same run (the machine is shared and noisy):
+#   1. what every open, exec and connect on the node pays: no agent vs podwatch vs
+#      bpftrace on the same hooks, kernel program run times, agent CPU and RSS,
+#      the end-to-end matched-event rate (bench/system.py, needs root);
+#   2. /metrics scrape and sink encoders (cargo benches).
+# BENCH_ROUNDS (default 5) sets the rounds of part 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --test
+bash scripts/setup.sh --bench
 export PATH="$HOME/.cargo/bin:$PATH"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench.sh: the system bench loads eBPF programs and needs root; re-running with sudo" >&2
+  exec sudo -E env "PATH=$PATH" bash "$0" "$@"
+fi
+cargo build --release --quiet -p podwatch 2>&1 | grep -v "^warning: podwatch@" || true
+workload="$(mktemp -d)/workload"
+cc -O2 -static -o "$workload" tests/integration/workload.c
+python3 bench/system.py --workload "$workload" --rounds "${BENCH_ROUNDS:-5}"
+echo
 cargo bench --quiet -p podwatch --bench scrape --bench sinks 2>&1 | grep -v "^warning: podwatch@"

@@ -5,7 +5,10 @@
 # first, so a second run takes a fraction of a second.
 set -euo pipefail
 WITH_TESTS=0
+WITH_BENCH=0
 [ "${1:-}" = "--test" ] && WITH_TESTS=1
+# The benchmarks need everything the tests need, plus bpftrace as their baseline.
+[ "${1:-}" = "--bench" ] && WITH_TESTS=1 && WITH_BENCH=1
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 SUDO=""
@@ -19,6 +22,7 @@ APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev libssl-
           bpftool pkg-config build-essential python3)
 # Tests: a real Prometheus and promtool, pip for the Kafka consumer.
 [ "$WITH_TESTS" = 1 ] && APT_PKGS+=(prometheus python3-pip)
+[ "$WITH_BENCH" = 1 ] && APT_PKGS+=(bpftrace)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""What podwatch costs the node, measured against no agent and against bpftrace
+doing the equivalent work on the same hooks, in one run.
+
+Every figure is a ratio or a rate measured in this run: configurations are
+alternated round by round (none, podwatch, bpftrace, ...) so drift on a shared,
+noisy machine hits all of them alike; each cell is the median of the rounds,
+with the spread (min-max) beside it.
+
+Needs root (loads BPF programs). Run through scripts/bench.sh, which builds the
+release agent, the static workload and installs bpftrace.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGENT = os.path.join(ROOT, "target", "release", "podwatch")
+UNMATCHED = "/etc/hostname"  # no rule of the built-in policy matches it
+MATCHED = "/etc/passwd"  # the built-in policy's `credential-files` rule logs it
+
+# bpftrace doing what a per-cgroup counting agent minimally does on the same
+# hooks: stash at syscall entry, one map update at exit; one map update per
+# exec/fork/exit and per TCP state change.
+BPFTRACE = r"""
+tracepoint:syscalls:sys_enter_openat { @inflight[tid] = args.filename; }
+tracepoint:syscalls:sys_exit_openat /@inflight[tid]/ { @files[cgroup, args.ret < 0] = count(); delete(@inflight[tid]); }
+tracepoint:sched:sched_process_exec { @execs[cgroup] = count(); }
+tracepoint:sched:sched_process_fork { @forks[cgroup] = count(); }
+tracepoint:sched:sched_process_exit { @exits[cgroup] = count(); }
+tracepoint:sock:inet_sock_set_state { @tcp[cgroup, args.newstate] = count(); }
+BEGIN { printf("ready\n"); }
+"""
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def http_json(addr, path):
+    with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Podwatch:
+    name = "podwatch"
+
+    def __init__(self, extra=()):
+        self.addr = f"127.0.0.1:{free_port()}"
+        self.proc = subprocess.Popen(
+            [AGENT, "run", "--listen", self.addr, "--log-level", "warn", *extra],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"podwatch exited: {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://{self.addr}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit("podwatch not ready in 120 s")
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stats(self):
+        return http_json(self.addr, "/stats")["stats"]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+class Bpftrace:
+    name = "bpftrace"
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            ["bpftrace", "-e", BPFTRACE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for line in self.proc.stdout:
+            if "ready" in line:
+                return
+        raise SystemExit("bpftrace did not start")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Nothing:
+    name = "none"
+
+    def stop(self):
+        pass
+
+
+def timed(workload, *args):
+    start = time.perf_counter()
+    subprocess.run([workload, *args], check=True)
+    return time.perf_counter() - start
+
+
+def bpf_prog_stats():
+    """name -> (run_time_ns, run_cnt) for podwatch's programs."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
+    stats = {}
+    for p in json.loads(out.stdout):
+        name = p.get("name", "")
+        if "run_cnt" in p:
+            t, c = stats.get(name, (0, 0))
+            stats[name] = (t + p.get("run_time_ns", 0), c + p["run_cnt"])
+    return stats
+
+
+def fmt_ratio(values):
+    med = statistics.median(values)
+    return f"{med:5.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--workload", required=True, help="the static workload binary")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--opens", type=int, default=200_000)
+    ap.add_argument("--execs", type=int, default=2_000)
+    ap.add_argument("--connects", type=int, default=20_000)
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/system.py loads BPF programs: run it as root (scripts/bench.sh does)")
+
+    server = subprocess.Popen([a.workload, "serve", "0"], stdout=subprocess.PIPE, text=True)
+    port = server.stdout.readline().strip()
+    loops = {
+        "openat+close, path no rule matches": ("open", str(a.opens), UNMATCHED),
+        "openat+close, path a `log` rule matches": ("open", str(a.opens), MATCHED),
+        "fork + exec (static noop)": ("exec", str(a.execs)),
+        "TCP connect+close on loopback": ("connect", str(a.connects), port),
+    }
+    configs = [Nothing, Podwatch, Bpftrace]
+    times = {c.name: {l: [] for l in loops} for c in configs}
+    prog = {}  # program -> [ns per run], per loop
+    agent_cpu = []  # µs of agent CPU per delivered event (matched opens)
+    rss = {}
+    subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
+    try:
+        for r in range(a.rounds):
+            order = configs if r % 2 == 0 else list(reversed(configs))
+            for cfg in order:
+                log(f"round {r + 1}/{a.rounds}: {cfg.name}")
+                inst = cfg()
+                if cfg is Podwatch and r == 0:
+                    rss["at rest (MiB)"] = inst.rss_mib()
+                for label, args in loops.items():
+                    before = bpf_prog_stats() if cfg is Podwatch else None
+                    cpu0 = inst.cpu_seconds() if cfg is Podwatch else 0
+                    ev0 = inst.stats()["events_emitted"] if cfg is Podwatch else 0
+                    times[cfg.name][label].append(timed(a.workload, *args))
+                    if cfg is Podwatch:
+                        after = bpf_prog_stats()
+                        for name, (t, c) in after.items():
+                            t0, c0 = before.get(name, (0, 0))
+                            if c - c0 > 0:
+                                prog.setdefault((label, name), []).append((t - t0) / (c - c0))
+                        if "log" in label:
+                            # Let the reader catch up before counting what it delivered.
+                            deadline = time.time() + 30
+                            want = ev0 + a.opens
+                            while inst.stats()["events_emitted"] < want and time.time() < deadline:
+                                time.sleep(0.05)
+                            delivered = inst.stats()["events_emitted"] - ev0
+                            if delivered:
+                                agent_cpu.append((inst.cpu_seconds() - cpu0) * 1e6 / delivered)
+                if cfg is Podwatch and r == 0:
+                    rss["after the loops (MiB)"] = inst.rss_mib()
+                inst.stop()
+    finally:
+        subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"])
+        server.terminate()
+
+    print(f"\n## Syscall loops: wall time ratio against no agent (median of {a.rounds}, min-max)\n")
+    print("| loop | no agent | podwatch | bpftrace (same hooks, one map update) |")
+    print("|---|---|---|---|")
+    for label in loops:
+        base = times["none"][label]
+        cells = []
+        for c in ("podwatch", "bpftrace"):
+            cells.append(fmt_ratio([t / b for t, b in zip(times[c][label], base)]))
+        print(f"| {label} | 1.00 | {cells[0]} | {cells[1]} |")
+    print("\nBaseline per iteration (no agent): " + ", ".join(
+        f"{label.split(',')[0]} {statistics.median(times['none'][label]) / int(args[1]) * 1e9:.0f} ns"
+        for label, args in loops.items()))
+
+    print("\n## podwatch kernel programs: average run time per invocation (bpf stats)\n")
+    print("| loop | program | ns per run (median) |")
+    print("|---|---|---|")
+    for (label, name), v in sorted(prog.items()):
+        if statistics.median(v) > 0:
+            print(f"| {label} | {name} | {statistics.median(v):.0f} |")
+
+    print("\n## podwatch user space\n")
+    if agent_cpu:
+        med = statistics.median(agent_cpu)
+        print(f"- agent CPU per delivered event: {med:.2f} µs (median; {min(agent_cpu):.2f}-{max(agent_cpu):.2f});"
+              f" that is {med * 1e4 / 1e6 * 100:.1f}% of a core at 10k events/s")
+    for k, v in rss.items():
+        print(f"- RSS {k}: {v:.1f}")
+
+    rate_test(a)
+
+
+def rate_test(a):
+    """Matched events end to end (kernel → ring buffer → decode → enrich → JSON →
+    /dev/null): two producers flat out; delivered rate and every loss counter."""
+    inst = Podwatch()
+    try:
+        s0 = inst.stats()
+        cpu0 = inst.cpu_seconds()
+        start = time.perf_counter()
+        n = a.opens
+        procs = [subprocess.Popen([a.workload, "open", str(n), MATCHED]) for _ in range(2)]
+        for p in procs:
+            p.wait()
+        produced_s = time.perf_counter() - start
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            s = inst.stats()
+            if s["events_emitted"] - s0["events_emitted"] >= 2 * n or s["kernel_ringbuf_lost"] > s0["kernel_ringbuf_lost"]:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        s = inst.stats()
+        total_s = time.perf_counter() - start
+        delivered = s["events_emitted"] - s0["events_emitted"]
+        lost = s["kernel_ringbuf_lost"] - s0["kernel_ringbuf_lost"]
+        dropped = s["output_queue_drops"] - s0["output_queue_drops"]
+        print("\n## End to end, matched events, 2 producers flat out\n")
+        print(f"- produced {2 * n} opens in {produced_s:.2f} s ({2 * n / produced_s / 1e3:.0f}k/s offered)")
+        print(f"- delivered {delivered} events in {total_s:.2f} s ({delivered / total_s / 1e3:.0f}k/s);"
+              f" lost in the ring buffer {lost}, dropped at the output queue {dropped}")
+        print(f"- agent CPU {(inst.cpu_seconds() - cpu0) * 1e6 / max(delivered, 1):.2f} µs per delivered event;"
+              f" RSS {inst.rss_mib():.1f} MiB")
+    finally:
+        inst.stop()
+
+
+if __name__ == "__main__":
+    main()
