@@ -21,7 +21,7 @@ SUDO=""
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev libssl-dev
           bpftool pkg-config build-essential python3)
 # Tests: a real Prometheus and promtool, pip for the Kafka consumer.
-[ "$WITH_TESTS" = 1 ] && APT_PKGS+=(prometheus python3-pip)
+[ "$WITH_TESTS" = 1 ] && APT_PKGS+=(prometheus python3-pip openssl)
 [ "$WITH_BENCH" = 1 ] && APT_PKGS+=(bpftrace)
 missing=()
 for p in "${APT_PKGS[@]}"; do

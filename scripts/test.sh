@@ -13,6 +13,7 @@ fi
 # Never let a privileged or broker test skip itself quietly here.
 export PODWATCH_REQUIRE_PRIVILEGED=1
 export PODWATCH_REQUIRE_KAFKA=1
+export PODWATCH_REQUIRE_TOOLS=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -28,6 +28,16 @@ pub fn privileged() -> bool {
     false
 }
 
+/// A tool a test needs is not installed: a failure when the test script
+/// requires every tool (`PODWATCH_REQUIRE_TOOLS=1`, set by scripts/test.sh,
+/// whose setup installs them), else a skip that says what is missing.
+pub fn missing_tool(what: &str) {
+    if std::env::var("PODWATCH_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
+        panic!("PODWATCH_REQUIRE_TOOLS=1 but {what} is missing (scripts/setup.sh --test installs it)");
+    }
+    eprintln!("skipped: {what} is missing (scripts/setup.sh --test installs it)");
+}
+
 macro_rules! require_root {
     () => {
         if !$crate::harness::privileged() {

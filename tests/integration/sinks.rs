@@ -258,7 +258,7 @@ fn test_pki(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::Pat
 async fn tls_custom_ca_works_and_tls_failures_and_garbage_answers_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let Some((ca, cert, key)) = test_pki(dir.path()) else {
-        eprintln!("skipped: openssl CLI missing");
+        crate::harness::missing_tool("the openssl CLI (Debian package openssl)");
         return;
     };
     let loki = LokiDouble::start_tls(&std::fs::read(&cert).unwrap(), &std::fs::read(&key).unwrap()).await;
