@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod output;
 pub mod policy;
 pub mod proc_cache;
+pub mod process_metrics;
 pub mod redact;
 pub mod sensors;
 pub mod server;

@@ -840,7 +840,8 @@ impl Collector for Metrics {
                 ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
             }
         }
-        self.encode_self(&mut encoder, entries.len())
+        self.encode_self(&mut encoder, entries.len())?;
+        crate::process_metrics::encode(&mut encoder)
     }
 }
 
