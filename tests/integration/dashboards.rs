@@ -97,12 +97,16 @@ fn dashboards_are_well_formed() {
             if x < 0 || w <= 0 || h <= 0 || x + w > 24 {
                 bad(format!("panel {title:?} gridPos {g} outside the 24-column grid"));
             }
+            let mut overlaps = BTreeSet::new();
             for cx in x..x + w {
                 for cy in y..y + h {
                     if let Some(other) = cells.insert((cx, cy), title.clone()) {
-                        bad(format!("panels {other:?} and {title:?} overlap at ({cx},{cy})"));
+                        overlaps.insert(other);
                     }
                 }
+            }
+            for other in overlaps {
+                bad(format!("panels {other:?} and {title:?} overlap"));
             }
             if p["targets"].as_array().is_none_or(|t| t.is_empty()) {
                 bad(format!("panel {title:?} has no query"));
