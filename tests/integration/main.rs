@@ -29,6 +29,7 @@ mod sinks;
 // Dashboards, Prometheus and Loki rules: structure (no root), then every query
 // against a real Prometheus and a real Loki fed by real agents (root).
 mod dashboards;
+mod default_policy;
 mod obs_support;
 mod observability;
 mod rules;
