@@ -21,7 +21,11 @@ SUDO=""
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev libssl-dev
           bpftool pkg-config build-essential python3)
 # Tests: a real Prometheus and promtool, pip for the Kafka consumer.
-[ "$WITH_TESTS" = 1 ] && APT_PKGS+=(prometheus python3-pip openssl)
+# Dashboards/rules tests: Node for Grafana's LogQL parser, zstd to unpack the
+# test Loki, iproute2 + util-linux for an isolated network namespace.
+[ "$WITH_TESTS" = 1 ] && APT_PKGS+=(prometheus python3-pip openssl zstd iproute2 util-linux)
+# Any Node with npm will do (some machines carry NodeSource's, which bundles npm).
+[ "$WITH_TESTS" = 1 ] && ! { command -v node && command -v npm; } >/dev/null 2>&1 && APT_PKGS+=(nodejs npm)
 [ "$WITH_BENCH" = 1 ] && APT_PKGS+=(bpftrace)
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -78,6 +82,14 @@ fi
 if ! tansu --version >/dev/null 2>&1; then
   log "cargo install tansu (Kafka-protocol broker for the sink tests; 10-15 minutes, once)"
   cargo install tansu --locked --features dynostore
+fi
+# Grafana's LogQL parser (@grafana/lezer-logql, npm) for the dashboard and
+# Loki-rule tests, installed from tests/logql/package-lock.json into that
+# directory only.
+LOGQL_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/logql"
+if [ ! -f "$LOGQL_DIR/node_modules/@grafana/lezer-logql/package.json" ]; then
+  log "npm ci in tests/logql (@grafana/lezer-logql)"
+  (cd "$LOGQL_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 fi
 

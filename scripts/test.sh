@@ -13,6 +13,9 @@ fi
 # Never let a privileged or broker test skip itself quietly here.
 export PODWATCH_REQUIRE_PRIVILEGED=1
 export PODWATCH_REQUIRE_KAFKA=1
+# promtool, kubectl, node + @grafana/lezer-logql: setup.sh --test installs them.
+# A real Loki is required whenever ../shared/bin/loki.zst is there (CI) or
+# PODWATCH_REQUIRE_LOKI=1; PODWATCH_LOKI_BIN points at another binary.
 export PODWATCH_REQUIRE_TOOLS=1
 
 echo "== cargo fmt --check"

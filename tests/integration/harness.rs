@@ -228,9 +228,15 @@ impl Drop for Agent {
 
 /// Minimal HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(addr, path, &[])
+}
+
+/// HTTP/1.0 GET with extra request headers (e.g. a Loki tenant).
+pub fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -463,4 +469,105 @@ pub fn pods_file(dir: &Path, pods: &[PodDef]) -> String {
     let path = dir.join("pods.yaml");
     std::fs::write(&path, yaml).expect("write pods");
     path.display().to_string()
+}
+
+/// Percent-encodes a query-string value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A real Prometheus (Debian package `prometheus`, installed by
+/// scripts/setup.sh --test) with its own temporary storage.
+pub struct Prometheus {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Scrapes `target` every second as job `podwatch`.
+    pub fn start(target: &str) -> Prometheus {
+        Prometheus::start_config(
+            &format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n- job_name: podwatch\n  static_configs:\n  - targets: ['{target}']\n"
+            ),
+            &[],
+        )
+    }
+
+    /// With a whole prometheus.yml and extra command-line flags.
+    pub fn start_config(config: &str, flags: &[&str]) -> Prometheus {
+        Prometheus::start_at(&format!("127.0.0.1:{}", free_port()), config, flags)
+    }
+
+    /// At a chosen address (when others must know it before it starts).
+    pub fn start_at(addr: &str, config: &str, flags: &[&str]) -> Prometheus {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, config).expect("write prometheus.yml");
+        let addr = addr.to_string();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`, installed by scripts/setup.sh)");
+        Prometheus { child, addr, _dir: dir }
+    }
+
+    /// Instant query: the result array, or Prometheus' error.
+    pub fn query_result(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+        let (code, body) = http_get(&self.addr, &format!("/api/v1/query?query={}", urlencode(promql)))
+            .map_err(|e| format!("GET /api/v1/query: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("HTTP {code}, not JSON ({e}): {body}"))?;
+        if v["status"] != "success" {
+            return Err(format!("HTTP {code}: {} {}", v["errorType"], v["error"]));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Instant query → (labels, value) pairs; empty on any error.
+    pub fn query(&self, promql: &str) -> Vec<(serde_json::Value, f64)> {
+        self.query_result(promql)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| {
+                let v = r["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+                (r["metric"].clone(), v)
+            })
+            .collect()
+    }
+
+    /// Polls a query until each (label value of `by`, expected) pair matches.
+    pub fn expect(&self, promql: &str, by: &str, want: &[(&str, f64)]) {
+        let deadline = Instant::now() + Duration::from_secs(45);
+        let mut last = Vec::new();
+        while Instant::now() < deadline {
+            last = self.query(promql);
+            let ok = want.iter().all(|(label, value)| {
+                last.iter().any(|(m, v)| m[by].as_str() == Some(label) && (v - value).abs() < 1e-9)
+            });
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("{promql}: wanted {want:?}, Prometheus says {last:?}");
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

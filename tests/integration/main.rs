@@ -25,3 +25,11 @@ mod kafka_broker;
 mod loki_double;
 mod otlp_double;
 mod sinks;
+
+// Dashboards, Prometheus and Loki rules: structure (no root), then every query
+// against a real Prometheus and a real Loki fed by real agents (root).
+mod dashboards;
+mod default_policy;
+mod obs_support;
+mod observability;
+mod rules;

@@ -3,13 +3,15 @@
 use std::{
     io::Write,
     net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use podwatch::pipeline::event::Kind;
 
-use crate::harness::{free_port, http_get, metric_sum, pods_file, require_root, workload_in, Agent, FakePod};
+use crate::harness::{
+    http_get, metric_sum, pods_file, require_root, workload_in, Agent, FakePod, Prometheus,
+};
 
 /// Accepts and closes connections until the test ends.
 fn sink_listener() -> u16 {
@@ -21,87 +23,6 @@ fn sink_listener() -> u16 {
         }
     });
     port
-}
-
-struct Prometheus {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target: &str) -> Prometheus {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cfg = dir.path().join("prometheus.yml");
-        let mut f = std::fs::File::create(&cfg).expect("cfg");
-        write!(
-            f,
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n- job_name: podwatch\n  static_configs:\n  - targets: ['{target}']\n"
-        )
-        .expect("write cfg");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian package `prometheus`, installed by scripts/setup.sh)");
-        Prometheus { child, addr, _dir: dir }
-    }
-
-    /// Instant query → (labels, value) pairs.
-    fn query(&self, promql: &str) -> Vec<(serde_json::Value, f64)> {
-        let q: String = promql
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        let Ok((200, body)) = http_get(&self.addr, &format!("/api/v1/query?query={q}")) else {
-            return vec![];
-        };
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        v["data"]["result"]
-            .as_array()
-            .map(|rs| {
-                rs.iter()
-                    .map(|r| {
-                        (
-                            r["metric"].clone(),
-                            r["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Polls a query until each (label value of `by`, expected) pair matches.
-    fn expect(&self, promql: &str, by: &str, want: &[(&str, f64)]) {
-        let deadline = Instant::now() + Duration::from_secs(45);
-        let mut last = Vec::new();
-        while Instant::now() < deadline {
-            last = self.query(promql);
-            let ok = want.iter().all(|(label, value)| {
-                last.iter().any(|(m, v)| m[by].as_str() == Some(label) && (v - value).abs() < 1e-9)
-            });
-            if ok {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        panic!("{promql}: wanted {want:?}, Prometheus says {last:?}");
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

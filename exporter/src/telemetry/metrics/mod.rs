@@ -7,12 +7,14 @@
 //! - [`labels`]: which pod labels series carry, cgroup → pod labels;
 //! - [`pod_families`]: counter entries → per-pod families;
 //! - [`self_metrics`]: the agent's own counters;
+//! - [`process`]: the standard `process_*` metrics of the agent itself;
 //! - [`prune`]: series of deleted pods go after a grace period;
 //! - [`text`]: OpenMetrics → classic text for scrapers that do not ask for it.
 
 pub mod counters;
 pub mod labels;
 pub mod pod_families;
+pub mod process;
 pub mod prune;
 pub mod self_metrics;
 pub mod text;
@@ -125,6 +127,7 @@ impl Collector for Metrics {
                 ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
             }
         }
-        self.encode_self(&mut encoder, entries.len())
+        self.encode_self(&mut encoder, entries.len())?;
+        process::encode(&mut encoder)
     }
 }
