@@ -74,7 +74,7 @@ impl Agent {
             .args(["run", "--listen", &addr, "--log-level", "warn"])
             // Every event unless a test says otherwise, so tests see what their
             // processes did; policy tests pass `--events matched`.
-            .args(if events_all { &["--events", "all"][..] } else { &[][..] })
+            .args(if extra.contains(&"--events") { &[][..] } else { &["--events", "all"][..] })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
