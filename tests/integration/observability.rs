@@ -316,6 +316,10 @@ scrape_configs:
         }
     }
 
+    // Both agents' series are in Prometheus before the variables are read
+    // (a variable query answers as soon as one node has been scraped).
+    prom.expect("podwatch_build_info", "node", &[("node-a", 1.0), ("node-b", 1.0)]);
+
     // Variables, as Grafana evaluates them (label_values → label values API),
     // each with the ones before it set to All.
     let all: BTreeMap<String, String> = [
