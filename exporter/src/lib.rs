@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod btf;
+pub mod capabilities;
 pub mod cgroup;
 pub mod client;
 pub mod config;
