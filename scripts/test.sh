@@ -13,11 +13,20 @@ fi
 # Never let a privileged or broker test skip itself quietly here.
 export PODWATCH_REQUIRE_PRIVILEGED=1
 export PODWATCH_REQUIRE_KAFKA=1
+# ...nor a deployment test (kubectl, kubernetes-validate, podman, buildah).
+export PODWATCH_REQUIRE_DEPLOY=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== scripts/image.sh"
+# The image tests (tests/integration/image.rs) run this image; building it
+# once here keeps the release build out of the parallel test run. If it
+# fails, those tests try again and report why.
+if bash scripts/image.sh >/dev/null; then
+  export PODWATCH_IMAGE_BUILT=1
+fi
 echo "== cargo test"
 # Two at a time: each integration test runs its own agent, and every agent sees
 # every process on the machine.
