@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds podwatch and runs it on this host with the built-in defaults:
-# events as JSON lines on stdout, /healthz /readyz /stats /events on 127.0.0.1:9090.
+# events as JSON lines on stdout, /metrics /healthz /readyz /stats /events on 127.0.0.1:9176.
 # Extra arguments go to `podwatch run` (see `podwatch run --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

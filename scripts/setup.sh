@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Installs everything podwatch needs to build and run on a fresh Debian 12
 # machine; `setup.sh --test` adds what the test suite needs (Prometheus, a
-# Kafka-protocol broker, a Kafka consumer). Idempotent: every step checks
-# first, so a second run takes a fraction of a second.
+# Kafka-protocol broker, a Kafka consumer, the container tools);
+# `setup.sh --image` adds only what scripts/image.sh needs (buildah, podman,
+# runc). Idempotent: every step checks first, so a second run takes a
+# fraction of a second.
 set -euo pipefail
 WITH_TESTS=0
+WITH_IMAGE=0
 WITH_BENCH=0
-[ "${1:-}" = "--test" ] && WITH_TESTS=1
-# The benchmarks need everything the tests need, plus bpftrace as their baseline.
-[ "${1:-}" = "--bench" ] && WITH_TESTS=1 && WITH_BENCH=1
+for arg in "$@"; do
+  case "$arg" in
+    --test) WITH_TESTS=1; WITH_IMAGE=1 ;;
+    --image) WITH_IMAGE=1 ;;
+    # The benchmarks need everything the tests need, plus bpftrace as their baseline.
+    --bench) WITH_TESTS=1; WITH_IMAGE=1; WITH_BENCH=1 ;;
+    *) printf 'setup: unknown option %s (--test, --image, --bench)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 SUDO=""
@@ -26,6 +35,9 @@ APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev libssl-
 [ "$WITH_TESTS" = 1 ] && APT_PKGS+=(prometheus python3-pip openssl zstd iproute2 util-linux)
 # Any Node with npm will do (some machines carry NodeSource's, which bundles npm).
 [ "$WITH_TESTS" = 1 ] && ! { command -v node && command -v npm; } >/dev/null 2>&1 && APT_PKGS+=(nodejs npm)
+# The agent's OCI image is built with buildah and run (in the tests) with
+# podman on runc: crun refuses hybrid cgroup layouts such as this machine's.
+[ "$WITH_IMAGE" = 1 ] && APT_PKGS+=(buildah podman runc)
 [ "$WITH_BENCH" = 1 ] && APT_PKGS+=(bpftrace)
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -39,6 +51,22 @@ fi
 # The Debian prometheus package starts a system service; tests run their own instance.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
   $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
+# --- containers ---------------------------------------------------------------
+# RLIMIT_NOFILE cannot be raised on every machine (not on ours): without
+# `default_ulimits = []` podman fails to start any container there.
+if [ "$WITH_IMAGE" = 1 ]; then
+  conf=/etc/containers/containers.conf
+  if ! grep -qs '^default_ulimits *= *\[\]' "$conf"; then
+    log "setting default_ulimits = [] in $conf"
+    $SUDO mkdir -p /etc/containers
+    if grep -qs '^\[containers\]' "$conf"; then
+      $SUDO sed -i -e '/^default_ulimits *=/d' -e 's/^\[containers\]$/[containers]\ndefault_ulimits = []/' "$conf"
+    else
+      printf '[containers]\ndefault_ulimits = []\n' | $SUDO tee -a "$conf" >/dev/null
+    fi
+  fi
 fi
 
 # --- Rust toolchains ----------------------------------------------------------
@@ -79,6 +107,14 @@ if ! python3 -c "import confluent_kafka" 2>/dev/null; then
   python3 -m pip install --quiet confluent-kafka --break-system-packages 2>/dev/null \
     || python3 -m pip install --quiet confluent-kafka
 fi
+# The deployment tests validate every rendered object against the Kubernetes
+# schemas offline; kubectl (with kustomize) renders them.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  log "pip install kubernetes-validate"
+  python3 -m pip install --quiet kubernetes-validate --break-system-packages 2>/dev/null \
+    || python3 -m pip install --quiet kubernetes-validate
+fi
+command -v kubectl >/dev/null 2>&1 || log "warning: kubectl is missing; the deployment tests need it (kubectl kustomize)"
 if ! tansu --version >/dev/null 2>&1; then
   log "cargo install tansu (Kafka-protocol broker for the sink tests; 10-15 minutes, once)"
   cargo install tansu --locked --features dynostore

@@ -13,7 +13,8 @@ fi
 # Never let a privileged or broker test skip itself quietly here.
 export PODWATCH_REQUIRE_PRIVILEGED=1
 export PODWATCH_REQUIRE_KAFKA=1
-# promtool, kubectl, node + @grafana/lezer-logql: setup.sh --test installs them.
+# Nor may a test that needs a tool: promtool, kubectl, kubernetes-validate, podman,
+# buildah, node + @grafana/lezer-logql (setup.sh --test installs them all).
 # A real Loki is required whenever ../shared/bin/loki.zst is there (CI) or
 # PODWATCH_REQUIRE_LOKI=1; PODWATCH_LOKI_BIN points at another binary.
 export PODWATCH_REQUIRE_TOOLS=1
@@ -22,6 +23,13 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== scripts/image.sh"
+# The image tests (tests/integration/image.rs) run this image; building it
+# once here keeps the release build out of the parallel test run. If it
+# fails, those tests try again and report why.
+if bash scripts/image.sh >/dev/null; then
+  export PODWATCH_IMAGE_BUILT=1
+fi
 echo "== cargo test"
 # Two at a time: each integration test runs its own agent, and every agent sees
 # every process on the machine.

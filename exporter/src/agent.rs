@@ -46,6 +46,8 @@ use crate::{
 };
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    // Name a missing capability here rather than fail with EPERM in the loader.
+    crate::kernel::capabilities::check()?;
     let stats = Arc::new(AgentStats::default());
     let (events_tx, _) = broadcast::channel(cfg.queue_capacity.min(1 << 16));
     let pods = Arc::new(PodStore::new(match cfg.metadata {

@@ -48,6 +48,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// The agent's default HTTP port: in the node agents' 9100s, clear of
+/// Prometheus' own 9090 and node_exporter's 9100. `podwatch events` and
+/// deploy/kustomize use the same.
+pub const DEFAULT_PORT: u16 = 9176;
+/// Where the agent listens by default, and where `podwatch events` looks.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9176";
+
 /// `podwatch run` flags. Every flag has an environment variable and a YAML key.
 #[derive(Debug, Clone, Default, Args)]
 pub struct RunArgs {
@@ -58,7 +65,7 @@ pub struct RunArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
     /// HTTP address for /healthz, /readyz, /stats and the live /events stream
-    /// (YAML: listen). Default 127.0.0.1:9090; use 0.0.0.0:9090 in a cluster.
+    /// (YAML: listen). Default 127.0.0.1:9176; deploy/kustomize uses 0.0.0.0:9176.
     #[arg(long, env = "PODWATCH_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Where events go (YAML: output.kind). Default stdout.
@@ -325,7 +332,10 @@ impl RunArgs {
             counter_capacity,
             metadata,
             node_name: self.node_name.clone().or(file.node_name).unwrap_or_else(hostname),
-            listen: self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))),
             output,
             ring_buffer_bytes: ring,
             queue_capacity,
@@ -352,7 +362,8 @@ mod tests {
     fn defaults() {
         let c = RunArgs::default().resolve().expect("resolve");
         assert_eq!(c.output, OutputTarget::Stdout);
-        assert_eq!(c.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.listen.port(), DEFAULT_PORT);
         assert_eq!(c.ring_buffer_bytes, 16 << 20);
     }
 

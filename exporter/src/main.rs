@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the kernel sensors and emit events (needs root: CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN).
+    /// Load the kernel sensors and emit events (needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN).
     Run(Box<RunArgs>),
     /// Attach to a running agent and print its events as they happen.
     Events(EventsArgs),
@@ -54,7 +54,7 @@ fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
 #[derive(clap::Args)]
 struct EventsArgs {
     /// The agent's HTTP address (its --listen).
-    #[arg(long, env = "PODWATCH_SERVER", default_value = "127.0.0.1:9090")]
+    #[arg(long, env = "PODWATCH_SERVER", default_value = podwatch::config::DEFAULT_LISTEN)]
     server: String,
     /// One line per event for people, instead of JSON.
     #[arg(long)]

@@ -6,9 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::obs_support::{
-    dashboard_dir, dashboards, logql_parse_errors, panel_queries, repo, substitute, tool_available,
-};
+use crate::harness::tool_available;
+use crate::obs_support::{dashboard_dir, dashboards, logql_parse_errors, panel_queries, repo, substitute};
 
 fn panels(d: &Value) -> Vec<&Value> {
     d["panels"].as_array().map(|a| a.iter().collect()).unwrap_or_default()

@@ -38,6 +38,20 @@ pub fn missing_tool(what: &str) {
     eprintln!("skipped: {what} is missing (scripts/setup.sh --test installs it)");
 }
 
+/// False when `tool` is not on PATH (see `missing_tool`).
+pub fn tool_available(tool: &str, why: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return true;
+    }
+    missing_tool(&format!("`{tool}` ({why})"));
+    false
+}
+
 macro_rules! require_root {
     () => {
         if !$crate::harness::privileged() {

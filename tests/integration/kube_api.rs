@@ -83,8 +83,21 @@ impl ApiDouble {
         ApiDouble::start_with(page_size, Some(Arc::new(tls_server_config()))).await
     }
 
+    /// https with the server certificate of [`certs`] (names `kubernetes`,
+    /// `localhost`, 127.0.0.1) and no client certificate, on every address,
+    /// as a pod's service account reaches the API server: for an agent in a
+    /// container (tests/integration/image.rs). Pair it with `require_token`.
+    pub async fn start_in_cluster(page_size: usize) -> ApiDouble {
+        let config = tls_server_config_with(false);
+        ApiDouble::start_on("0.0.0.0:0", page_size, Some(Arc::new(config))).await
+    }
+
     async fn start_with(page_size: usize, tls: Option<Arc<rustls::ServerConfig>>) -> ApiDouble {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        ApiDouble::start_on("127.0.0.1:0", page_size, tls).await
+    }
+
+    async fn start_on(bind: &str, page_size: usize, tls: Option<Arc<rustls::ServerConfig>>) -> ApiDouble {
+        let listener = TcpListener::bind(bind).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State { rv: 100, page_size, ..State::default() }));
         let server = tokio::spawn(serve(listener, tls, state.clone()));
@@ -433,26 +446,32 @@ impl Body for ChannelBody {
 }
 
 fn tls_server_config() -> rustls::ServerConfig {
+    tls_server_config_with(true)
+}
+
+fn tls_server_config_with(client_certs: bool) -> rustls::ServerConfig {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(certs::CA_CRT.as_bytes()) {
         roots.add(c.expect("CA pem")).expect("CA");
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions");
+    let builder = if client_certs {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .expect("client verifier");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
     let chain = CertificateDer::pem_slice_iter(certs::SERVER_CRT.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .expect("server cert");
     let key = PrivateKeyDer::from_pem_slice(certs::SERVER_KEY.as_bytes()).expect("server key");
-    rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .expect("server TLS config")
+    builder.with_single_cert(chain, key).expect("server TLS config")
 }
 
 /// A test CA (P-256, valid until 2126), a server certificate for

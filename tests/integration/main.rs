@@ -8,11 +8,14 @@
 
 mod harness;
 mod kube_api;
+mod manifests;
 
 mod agent_sinks;
 mod cli;
+mod deploy;
 mod exec;
 mod file;
+mod image;
 mod kube;
 mod load;
 mod metrics;

@@ -13,24 +13,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{free_port, http_get, http_get_with, urlencode};
+use crate::harness::{free_port, http_get, http_get_with, tool_available, urlencode};
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// False when an external tool is missing (see `harness::missing_tool`).
-pub fn tool_available(tool: &str, why: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return true;
-    }
-    crate::harness::missing_tool(&format!("`{tool}` ({why})"));
-    false
 }
 
 // ---------------------------------------------------------------- dashboards

@@ -18,6 +18,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
+    harness::tool_available,
     harness::{
         bash_in, command_in, free_port, http_get, metric_sum, pods_file, require_root, run, urlencode,
         workload_in, Agent, FakePod, Prometheus,
@@ -25,7 +26,7 @@ use crate::{
     obs_support::{
         alert_signal, dashboards, logql_parse_errors, loki_rules_path, panel_queries, parse_label_values,
         prometheus_rules_path, regex_format, repo, rule_name, rules, stream_label_names, substitute,
-        tool_available, variable_queries, DashQuery, Loki,
+        variable_queries, DashQuery, Loki,
     },
 };
 

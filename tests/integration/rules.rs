@@ -7,9 +7,8 @@ use std::{collections::BTreeSet, process::Command};
 
 use crate::{
     dashboards::render_component,
-    obs_support::{
-        logql_parse_errors, loki_rules_path, prometheus_rules_path, repo, rule_name, rules, tool_available,
-    },
+    harness::tool_available,
+    obs_support::{logql_parse_errors, loki_rules_path, prometheus_rules_path, repo, rule_name, rules},
 };
 
 fn promtool(args: &[&str]) -> (bool, String) {

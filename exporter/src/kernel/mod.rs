@@ -1,6 +1,8 @@
-//! The kernel side as user space sees it: reading kernel struct offsets from
+//! The kernel side as user space sees it: checking the privileges the agent
+//! has ([`capabilities`]), reading kernel struct offsets from
 //! BTF ([`btf`]), loading and attaching the programs and handing out typed
 //! map handles ([`loader`]).
 
 pub mod btf;
+pub mod capabilities;
 pub mod loader;
