@@ -281,6 +281,15 @@ impl Metrics {
         self
     }
 
+    /// Loaded rules whose programs are not attached, each said in one line.
+    pub fn unenforced(&self) -> Vec<String> {
+        self.policy_status
+            .unenforced
+            .read()
+            .map(|u| u.iter().map(|g| g.to_string()).collect())
+            .unwrap_or_default()
+    }
+
     /// Labels of a cgroup: its pod from the kubelet naming, names from the
     /// metadata store; host processes are namespace "host".
     pub fn pod_labels(&self, cgroup_id: u64) -> PodLabels {
@@ -658,9 +667,20 @@ impl Metrics {
                 MetricType::Gauge,
             )?;
             for s in &self.sensors {
-                ConstGauge::new(s.attached as i64).encode(
-                    m.encode_family(&[("program", s.program.as_str()), ("hook", s.hook.as_str())])?,
-                )?;
+                ConstGauge::new(s.attached as i64).encode(m.encode_family(&[
+                    ("sensor", crate::sensors::sensor_of(&s.program)),
+                    ("program", s.program.as_str()),
+                    ("hook", s.hook.as_str()),
+                ])?)?;
+            }
+            let mut m = encoder.encode_descriptor(
+                "podwatch_kernel_feature",
+                "1 when the running kernel offers a hook kind (probed by attaching an empty program).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (feature, on) in crate::probe::features().into_iter().flat_map(|f| f.flags()) {
+                ConstGauge::new(on as i64).encode(m.encode_family(&[("feature", feature)])?)?;
             }
         }
         self.encode_sinks(encoder)?;
@@ -695,6 +715,21 @@ impl Metrics {
                 MetricType::Gauge,
             )?;
             ConstGauge::new(st.last_success.load(Relaxed) as i64).encode(m)?;
+            let mut m = encoder.encode_descriptor(
+                "podwatch_policy_rule_unenforced",
+                "1 for a loaded rule a kernel program it needs is not attached for (the agent is not ready).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for g in st.unenforced.read().iter().flat_map(|u| u.iter()) {
+                for (program, _) in &g.missing {
+                    ConstGauge::new(1i64).encode(m.encode_family(&[
+                        ("policy", g.policy.as_str()),
+                        ("rule", g.rule.as_str()),
+                        ("program", program.as_str()),
+                    ])?)?;
+                }
+            }
         }
         {
             let secs = self.last_scrape_seconds.lock().map(|v| *v).unwrap_or(0.0);
