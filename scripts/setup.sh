@@ -19,6 +19,9 @@ APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev libssl-
           bpftool pkg-config build-essential python3)
 # Tests: a real Prometheus and promtool, pip for the Kafka consumer.
 [ "$WITH_TESTS" = 1 ] && APT_PKGS+=(prometheus python3-pip)
+# Kernel matrix (scripts/kernel-matrix.sh): qemu boots Debian's kernels from a
+# busybox initramfs packed with cpio.
+[ "$WITH_TESTS" = 1 ] && APT_PKGS+=(qemu-system-x86 busybox-static cpio binutils)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
