@@ -39,6 +39,9 @@ APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev libssl-
 # podman on runc: crun refuses hybrid cgroup layouts such as this machine's.
 [ "$WITH_IMAGE" = 1 ] && APT_PKGS+=(buildah podman runc)
 [ "$WITH_BENCH" = 1 ] && APT_PKGS+=(bpftrace)
+# Kernel matrix (scripts/kernel-matrix.sh): qemu boots Debian's kernels from a
+# busybox initramfs packed with cpio.
+[ "$WITH_TESTS" = 1 ] && APT_PKGS+=(qemu-system-x86 busybox-static cpio binutils)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

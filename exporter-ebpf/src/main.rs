@@ -13,6 +13,7 @@ mod file;
 mod kernel;
 mod net;
 mod policy;
+mod probe;
 mod process;
 mod record;
 

@@ -116,7 +116,7 @@ fn match_path(
     if mask == 0 || len == 0 || len > PATH_KEY_LEN - 2 {
         return v;
     }
-    let len = len & 511;
+    let len = crate::record::opaque(len) & 511;
     // SAFETY: every offset below is masked into the 1536-byte scratch value.
     unsafe {
         // Forward key: prefix_len u32, gen, path, NUL.

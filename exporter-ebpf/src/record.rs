@@ -31,6 +31,18 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[no_mangle]
 static AGENT_TGID: u32 = 0;
 
+/// `v`, hidden from LLVM's range analysis by a volatile stack round trip, so
+/// that a mask after a bounds check is kept. Without it LLVM drops the mask as
+/// redundant and may check one copy of the value while using another reloaded
+/// from the stack; verifiers before 6.3 or so do not carry the bound across
+/// that spill and reject the program ("R1 unbounded memory access", "R2 min
+/// value is negative": every open-exit program on 5.10 and 6.1).
+#[inline(always)]
+pub fn opaque(v: usize) -> usize {
+    // SAFETY: reading a local.
+    unsafe { core::ptr::read_volatile(&v) }
+}
+
 #[inline(always)]
 pub fn count(idx: u32) {
     if let Some(p) = STATS.get_ptr_mut(idx) {
@@ -176,8 +188,8 @@ impl Record {
         if off >= MAX_RECORD {
             return 0;
         }
-        // SAFETY: bounds-checked above.
-        unsafe { *self.buf.add(off & (MAX_RECORD - 1)) }
+        // SAFETY: bounds-checked above; the mask is for the verifier (see `opaque`).
+        unsafe { *self.buf.add(opaque(off) & (MAX_RECORD - 1)) }
     }
 
     /// Copies `len` bytes of the record from `off` into `dst` (for policy
@@ -187,6 +199,7 @@ impl Record {
         if off >= MAX_RECORD || len == 0 || len > 511 {
             return false;
         }
+        let (off, len) = (opaque(off), opaque(len));
         // SAFETY: source inside the scratch buffer (off < MAX_RECORD, len < 512 <
         // SCRATCH_SIZE - MAX_RECORD); destination is a 512-byte region.
         unsafe {

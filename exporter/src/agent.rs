@@ -108,6 +108,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     } = sensors;
 
     let mut engine = PolicyEngine::new(policy_maps, cfg.events == EventsMode::Matched);
+    engine.sensors = Some(status.clone());
     let entries = cgroups.lock().map(|c| c.entries()).unwrap_or_default();
     engine.apply(initial_policies, &entries, &pods).context("loading the initial policy set")?;
     info!(

@@ -25,6 +25,9 @@ enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Print this kernel's features (BTF, BPF LSM, fentry, kprobes) and the hook
+    /// each sensor uses here, by loading the programs as the agent would (needs root).
+    Probe,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Policy(PolicyCommand::Check { dir }) => policy_check(&dir),
+        Command::Probe => podwatch::kernel::probe::run(),
         Command::Events(a) => {
             let filter = EventFilter { namespaces: a.namespaces, pods: a.pods, kinds: a.kinds };
             rt.block_on(podwatch::cli::events::follow(&a.server, &filter, a.compact))

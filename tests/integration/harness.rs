@@ -120,7 +120,10 @@ impl Agent {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(90);
+        // Under qemu's TCG (the kernel matrix) verifying the programs takes minutes.
+        let secs =
+            std::env::var("PODWATCH_READY_TIMEOUT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(90);
+        let deadline = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("agent exited before it was ready: {status} (its stderr is above)");
@@ -130,7 +133,7 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("agent at {} not ready within 90 s", self.addr);
+        panic!("agent at {} not ready within {secs} s", self.addr);
     }
 
     /// Waits until `pred` holds for at least `n` events; returns the matches.
@@ -390,6 +393,10 @@ pub fn ends_with(s: &Option<String>, suffix: &str) -> bool {
 pub fn workload() -> &'static Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
+        // Prebuilt where there is no compiler (the kernel-matrix VMs).
+        if let Some(prebuilt) = std::env::var_os("PODWATCH_WORKLOAD") {
+            return PathBuf::from(prebuilt);
+        }
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/integration/workload.c");
         let dir = std::env::temp_dir().join(format!("podwatch-workload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");

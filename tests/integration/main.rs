@@ -22,6 +22,7 @@ mod metrics;
 mod network;
 mod pods;
 mod policy;
+mod readiness;
 
 // Sinks (no root needed): protocol doubles, a real Kafka broker, the tests.
 mod kafka_broker;

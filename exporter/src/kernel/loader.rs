@@ -67,6 +67,21 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("sendmsg6", Hook::Cgroup),
 ];
 
+/// The sensor a program belongs to, for people and /metrics.
+pub fn sensor_of(program: &str) -> &'static str {
+    match program {
+        "sched_process_exec" => "exec",
+        "sched_process_exit" => "exit",
+        "sched_process_fork" => "fork",
+        "cgroup_mkdir" => "cgroups",
+        "inet_sock_set_state" | "sys_exit_accept" | "sys_exit_accept4" => "tcp",
+        "connect4" | "connect6" => "connect",
+        "sendmsg4" | "sendmsg6" => "udp",
+        p if p.contains("open") || p.contains("creat") => "file",
+        _ => "other",
+    }
+}
+
 /// Since 5.11 BPF memory is charged to the memory cgroup; older kernels need
 /// RLIMIT_MEMLOCK raised. Failing to raise it is only worth a warning.
 fn raise_memlock() {
@@ -136,9 +151,15 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Sensors> {
         None => None,
     };
 
+    // Operators (and the readiness tests) can leave programs out by name.
+    let skip = std::env::var("PODWATCH_SKIP_PROGRAMS").unwrap_or_default();
     let mut status = Vec::new();
     for (name, hook) in PROGRAMS {
-        let (hook_desc, result) = attach(&mut ebpf, name, hook, cgroup_fd.as_ref());
+        let (hook_desc, result) = if skip.split(',').any(|s| s.trim() == *name) {
+            (hook_desc(name, hook), Err(anyhow::anyhow!("left out by PODWATCH_SKIP_PROGRAMS")))
+        } else {
+            attach(&mut ebpf, name, hook, cgroup_fd.as_ref())
+        };
         match &result {
             Ok(()) => info!(program = name, hook = %hook_desc, "attached"),
             Err(e) => warn!(program = name, hook = %hook_desc, "not attached: {e:#}"),
@@ -150,6 +171,8 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Sensors> {
             error: result.err().map(|e| format!("{e:#}")),
         });
     }
+    let f = crate::kernel::probe::probe_hooks(&mut ebpf);
+    info!(kernel = %f.release, lsm = %f.lsm_list, bpf_lsm = f.bpf_lsm.is_ok(), fentry = f.fentry.is_ok(), kprobe = f.kprobe.is_ok(), "kernel features");
     if !status.iter().any(|s| s.program == "sched_process_exec" && s.attached) {
         bail!("the exec sensor could not attach; nothing to observe");
     }
@@ -191,12 +214,16 @@ fn parse_format_offset(format: &str, field: &str) -> Option<u32> {
     })
 }
 
-fn attach(ebpf: &mut Ebpf, name: &str, hook: &Hook, cgroup: Option<&File>) -> (String, anyhow::Result<()>) {
-    let desc = match hook {
+fn hook_desc(name: &str, hook: &Hook) -> String {
+    match hook {
         Hook::Tracepoint(c, n) => format!("tracepoint/{c}/{n}"),
         Hook::Raw(n) => format!("raw_tracepoint/{n}"),
         Hook::Cgroup => format!("cgroup/{name}"),
-    };
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, name: &str, hook: &Hook, cgroup: Option<&File>) -> (String, anyhow::Result<()>) {
+    let desc = hook_desc(name, hook);
     let r = (|| -> anyhow::Result<()> {
         let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?;
         match hook {

@@ -73,6 +73,8 @@ pub struct PolicyStatus {
     /// Unix seconds of the last successful load.
     pub last_success: std::sync::atomic::AtomicU64,
     pub last_error: RwLock<Option<String>>,
+    /// Loaded rules whose kernel programs are not attached (not ready while any).
+    pub unenforced: RwLock<Vec<crate::policy::coverage::Unenforced>>,
 }
 
 pub struct PolicyEngine {
@@ -85,6 +87,8 @@ pub struct PolicyEngine {
     masks: HashMap<u64, [u64; 2]>,
     pub names: Arc<RuleNames>,
     pub status: Arc<PolicyStatus>,
+    /// The programs' attach state, to check each loaded set against.
+    pub sensors: Option<Vec<crate::kernel::loader::SensorStatus>>,
 }
 
 fn path_key(gen: u8, p: &Prefix) -> Key<[u8; PATH_KEY_LEN]> {
@@ -126,6 +130,7 @@ impl PolicyEngine {
             masks: HashMap::new(),
             names: Arc::new(RuleNames::default()),
             status: Arc::new(PolicyStatus::default()),
+            sensors: None,
         }
     }
 
@@ -169,6 +174,15 @@ impl PolicyEngine {
                 status.last_success.store(now.as_secs(), Relaxed);
                 if let Ok(mut e) = status.last_error.write() {
                     *e = None;
+                }
+                if let Some(sensors) = &self.sensors {
+                    let gaps = crate::policy::coverage::unenforced(&self.policies, sensors);
+                    for g in &gaps {
+                        tracing::error!("{g}");
+                    }
+                    if let Ok(mut u) = status.unenforced.write() {
+                        *u = gaps;
+                    }
                 }
             }
             Err(e) => {

@@ -18,6 +18,7 @@
 //! that fails to load leaves the running set in force.
 
 pub mod compile;
+pub mod coverage;
 pub mod engine;
 pub mod reload;
 

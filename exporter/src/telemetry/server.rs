@@ -49,7 +49,16 @@ pub struct ServerState {
 impl ServerState {
     /// Ready: programs attached and the pod metadata source synced.
     fn is_ready(&self) -> bool {
-        self.ready.load(Relaxed) && self.pods.synced() && self.policy_ready.load(Relaxed)
+        self.ready.load(Relaxed)
+            && self.pods.synced()
+            && self.policy_ready.load(Relaxed)
+            && self.unenforced().is_empty()
+    }
+
+    /// Loaded rules whose kernel programs did not attach: "ready" means every
+    /// loaded rule is enforced.
+    fn unenforced(&self) -> Vec<String> {
+        self.metrics.lock().ok().and_then(|m| m.as_ref().map(|m| m.unenforced())).unwrap_or_default()
     }
 }
 
@@ -97,6 +106,8 @@ async fn route(
                 text(StatusCode::OK, "ready\n")
             } else if !state.ready.load(Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: sensors loading\n")
+            } else if let gaps @ [_, ..] = &state.unenforced()[..] {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", gaps.join("\nnot ready: ")))
             } else if !state.pods.synced() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: pod metadata not synced\n")
             } else {

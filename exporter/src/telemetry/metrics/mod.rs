@@ -103,6 +103,15 @@ impl Metrics {
         self
     }
 
+    /// Loaded rules whose programs are not attached, each said in one line.
+    pub fn unenforced(&self) -> Vec<String> {
+        self.policy_status
+            .unenforced
+            .read()
+            .map(|u| u.iter().map(|g| g.to_string()).collect())
+            .unwrap_or_default()
+    }
+
     /// Encodes everything in OpenMetrics text.
     pub fn render(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
         let start = Instant::now();

@@ -171,9 +171,20 @@ impl Metrics {
                 MetricType::Gauge,
             )?;
             for s in &self.sensors {
-                ConstGauge::new(s.attached as i64).encode(
-                    m.encode_family(&[("program", s.program.as_str()), ("hook", s.hook.as_str())])?,
-                )?;
+                ConstGauge::new(s.attached as i64).encode(m.encode_family(&[
+                    ("sensor", crate::kernel::loader::sensor_of(&s.program)),
+                    ("program", s.program.as_str()),
+                    ("hook", s.hook.as_str()),
+                ])?)?;
+            }
+            let mut m = encoder.encode_descriptor(
+                "podwatch_kernel_feature",
+                "1 when the running kernel offers a hook kind (probed by attaching an empty program).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (feature, on) in crate::kernel::probe::features().into_iter().flat_map(|f| f.flags()) {
+                ConstGauge::new(on as i64).encode(m.encode_family(&[("feature", feature)])?)?;
             }
         }
         self.encode_sinks(encoder)?;
@@ -208,6 +219,21 @@ impl Metrics {
                 MetricType::Gauge,
             )?;
             ConstGauge::new(st.last_success.load(Relaxed) as i64).encode(m)?;
+            let mut m = encoder.encode_descriptor(
+                "podwatch_policy_rule_unenforced",
+                "1 for a loaded rule a kernel program it needs is not attached for (the agent is not ready).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for g in st.unenforced.read().iter().flat_map(|u| u.iter()) {
+                for (program, _) in &g.missing {
+                    ConstGauge::new(1i64).encode(m.encode_family(&[
+                        ("policy", g.policy.as_str()),
+                        ("rule", g.rule.as_str()),
+                        ("program", program.as_str()),
+                    ])?)?;
+                }
+            }
         }
         {
             let secs = self.last_scrape_seconds.lock().map(|v| *v).unwrap_or(0.0);

@@ -1,0 +1,124 @@
+//! Which kernel programs each policy rule needs. "Ready" means every loaded
+//! rule is enforced: a file kill rule on a kernel where the open programs
+//! failed to load would otherwise do nothing while the agent looks healthy.
+
+use std::fmt;
+
+use crate::{
+    kernel::loader::SensorStatus,
+    policy::{Direction, Matcher, Policy, Protocol},
+};
+
+/// Every open-family syscall: a rule enforced on some of them is dodged
+/// through another.
+const FILE: &[&str] = &[
+    "sys_enter_open",
+    "sys_exit_open",
+    "sys_enter_openat",
+    "sys_exit_openat",
+    "sys_enter_openat2",
+    "sys_exit_openat2",
+    "sys_enter_creat",
+    "sys_exit_creat",
+];
+const EXEC: &[&str] = &["sched_process_exec"];
+const TCP_EGRESS: &[&str] = &["connect4", "connect6"];
+const EGRESS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+const INGRESS: &[&str] = &["sys_exit_accept", "sys_exit_accept4"];
+
+/// The programs a rule is judged in.
+pub fn required(m: &Matcher) -> &'static [&'static str] {
+    match m {
+        Matcher::Exec(_) => EXEC,
+        Matcher::File(_) => FILE,
+        Matcher::Network(n) => match (n.direction, n.protocol) {
+            (Direction::Ingress, _) => INGRESS,
+            (Direction::Egress, Protocol::Tcp) => TCP_EGRESS,
+            (Direction::Egress, _) => EGRESS,
+        },
+    }
+}
+
+/// A loaded rule some of whose programs are not attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unenforced {
+    pub policy: String,
+    pub rule: String,
+    pub source: String,
+    /// Program names, each with why it is missing.
+    pub missing: Vec<(String, String)>,
+}
+
+impl fmt::Display for Unenforced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "policy {} rule {} ({}) is not enforced: ", self.policy, self.rule, self.source)?;
+        for (i, (program, why)) in self.missing.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            // Verifier logs are long: the first line says enough here, the
+            // agent's log and /stats carry the rest.
+            write!(f, "{sep}{program} not attached ({})", why.lines().next().unwrap_or(why))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn unenforced(policies: &[Policy], sensors: &[SensorStatus]) -> Vec<Unenforced> {
+    let mut out = Vec::new();
+    for p in policies {
+        for r in &p.rules {
+            let missing: Vec<(String, String)> = required(&r.matcher)
+                .iter()
+                .filter_map(|name| match sensors.iter().find(|s| s.program == *name) {
+                    Some(s) if s.attached => None,
+                    Some(s) => Some((s.program.clone(), s.error.clone().unwrap_or_default())),
+                    None => Some(((*name).to_owned(), "no such program".to_owned())),
+                })
+                .collect();
+            if !missing.is_empty() {
+                out.push(Unenforced {
+                    policy: p.name.clone(),
+                    rule: r.name.clone(),
+                    source: p.source.clone(),
+                    missing,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{parse, Capabilities};
+
+    fn sensor(program: &str, attached: bool) -> SensorStatus {
+        SensorStatus {
+            program: program.into(),
+            hook: String::new(),
+            attached,
+            error: (!attached).then(|| "verifier said no\nmore".into()),
+        }
+    }
+
+    #[test]
+    fn rules_whose_programs_are_missing_are_named() {
+        let doc = "apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: {allPods: true}\n  rules:\n  - {name: shadow, action: kill, file: {exact: [/etc/shadow]}}\n  - {name: sh, action: log, exec: {suffix: [/sh]}}\n  - {name: web, action: deny, network: {cidrs: [0.0.0.0/0], protocol: tcp}}\n  - {name: dns, action: log, network: {ports: [53], protocol: udp}}\n";
+        let policies = parse(doc, "p.yaml", Capabilities { bpf_lsm: false }).expect("parse");
+        let mut sensors: Vec<_> = FILE.iter().chain(EGRESS).chain(EXEC).map(|p| sensor(p, true)).collect();
+        assert!(unenforced(&policies, &sensors).is_empty());
+        sensors.retain(|s| s.program != "sendmsg6");
+        sensors
+            .iter_mut()
+            .filter(|s| s.program == "sys_exit_openat")
+            .for_each(|s| *s = sensor(&s.program, false));
+        let gaps = unenforced(&policies, &sensors);
+        let names: Vec<_> = gaps.iter().map(|g| g.rule.as_str()).collect();
+        assert_eq!(names, ["shadow", "dns"], "tcp egress needs only connect4/6");
+        assert_eq!(
+            gaps[0].to_string(),
+            "policy p rule shadow (p.yaml) is not enforced: sys_exit_openat not attached (verifier said no)"
+        );
+        assert_eq!(gaps[1].missing, [("sendmsg6".to_owned(), "no such program".to_owned())]);
+    }
+}
