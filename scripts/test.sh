@@ -23,6 +23,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+# The kernel crate only builds for the BPF target, with the nightly toolchain.
+(cd exporter-ebpf && cargo +nightly clippy --quiet --release --target bpfel-unknown-none -Z build-std=core -- -D warnings)
 echo "== scripts/image.sh"
 # The image tests (tests/integration/image.rs) run this image; building it
 # once here keeps the release build out of the parallel test run. If it
