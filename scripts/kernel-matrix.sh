@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 export PATH="$HOME/.cargo/bin:$PATH"
 CACHE=${PODWATCH_KERNEL_CACHE:-/var/cache/podwatch/kernels}
-KERNELS=${PODWATCH_KERNELS:-"5.10 6.1 6.12"}
+KERNELS=${PODWATCH_KERNELS-"5.10 6.1 6.12"} # empty: build and pack only
 VM_SMP=${PODWATCH_VM_SMP:-2}
 VM_MEM=${PODWATCH_VM_MEM:-1536}
 VM_TIMEOUT=${PODWATCH_VM_TIMEOUT:-1200}
