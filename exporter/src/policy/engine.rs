@@ -7,10 +7,15 @@
 //!    generation's masks stay as they are);
 //! 3. flip `PolicyConfig::active` — one array-element update, which the kernel
 //!    reads once per event;
-//! 4. delete the old generation's entries.
+//! 4. wait until every program run that may have read the old generation has
+//!    ended (an RCU grace period: BPF programs run inside RCU read-side
+//!    sections), then delete the old generation's entries.
 //!
 //! Until step 3 every probe matches the old set completely; after it, the new
-//! one completely. The probes never stop, so no event is missed.
+//! one completely. The probes never stop, so no event is missed. Without the
+//! wait in step 4, a probe that read the old generation just before the flip
+//! and was interrupted before its trie lookup (a descheduled vCPU is enough)
+//! found the old entries gone and judged its event by no policy.
 
 use std::{
     collections::HashMap,
@@ -234,7 +239,8 @@ impl PolicyEngine {
         cfg.filter = self.filter as u32;
         self.names.extend(&compiled.rules);
         self.maps.config.set(0, cfg, 0).context("switching to the new policy set")?;
-        // Retire the old generation.
+        // Retire the old generation, once no program can still be using it.
+        wait_for_running_programs();
         let old = self.active;
         self.active = next;
         let m = &mut self.maps;
@@ -296,5 +302,29 @@ impl PolicyEngine {
 
     pub fn policies(&self) -> &[Policy] {
         &self.policies
+    }
+}
+
+/// Returns once every BPF program run that started before the call has ended.
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` is a `synchronize_rcu()`, and
+/// tracepoint, raw-tracepoint and cgroup programs run under
+/// `rcu_read_lock()` — the wait the kernel itself does after updating a
+/// map-in-map from user space.
+fn wait_for_running_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integers and touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long) };
+    if r != 0 {
+        // Kernels built without CONFIG_MEMBARRIER, or nohz_full CPUs. The
+        // programs run for microseconds with preemption off; this is many
+        // times that, but not a proof.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "membarrier(GLOBAL) unavailable: policy reloads wait 50 ms before retiring the old rules"
+            );
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
