@@ -61,8 +61,9 @@ pub mod open_syscall {
 pub mod stat {
     /// Records that did not fit in the ring buffer (lost).
     pub const RINGBUF_LOST: u32 = 0;
-    /// Open exits without a matching enter (enter happened before attach, or stash full).
-    pub const OPEN_STASH_MISS: u32 = 1;
+    /// Open exits whose arguments could not be read from the saved syscall
+    /// registers (the register block was not where x86_64 keeps it).
+    pub const OPEN_ARGS_MISS: u32 = 1;
     /// TCP closes of sockets whose owner was never seen.
     pub const SOCK_OWNER_MISS: u32 = 2;
     /// Kernel memory reads that failed.
@@ -371,6 +372,9 @@ pub struct KernelOffsets {
     pub task_files: u32,
     pub task_mm: u32,
     pub task_exit_code: u32,
+    /// `task_struct.stack`: the kernel stack, whose top holds the saved
+    /// syscall registers (the open programs read their arguments there).
+    pub task_stack: u32,
     pub fs_root: u32,
     pub fs_pwd: u32,
     pub path_mnt: u32,
@@ -413,7 +417,8 @@ pub mod offsets {
     pub const TASK: u32 = 1 << 0;
     /// fs_struct, path, dentry, mount: cwd and dirfd resolution.
     pub const PATHS: u32 = 1 << 1;
-    /// files_struct/fdtable/file: fd → file.
+    /// files_struct/fdtable/file: fd → file; task_struct.stack: the open
+    /// programs' syscall arguments.
     pub const FILES: u32 = 1 << 2;
     /// mm_struct arg_start/arg_end: argv.
     pub const ARGS: u32 = 1 << 3;

@@ -19,6 +19,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     task_files: 0,
     task_mm: 0,
     task_exit_code: 0,
+    task_stack: 0,
     fs_root: 0,
     fs_pwd: 0,
     path_mnt: 0,
@@ -102,6 +103,17 @@ pub fn parent_tgid(task: u64) -> Result<u32, u32> {
     read(parent, off!(task_tgid))
 }
 
+/// `d_parent` and `d_name` (a `qstr`: hash, len, name) side by side, as every
+/// kernel lays them out (the loader checks it): one read per component.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DentryLink {
+    parent: u64,
+    _hash: u32,
+    len: u32,
+    name: u64,
+}
+
 /// Walks a path from `dentry` up `d_parent`, crossing mounts through
 /// `mount.mnt_parent` / `mnt_mountpoint`, to the task's root (so chroots and
 /// container roots give the path as the process sees it). Calls `visit(name,
@@ -112,11 +124,12 @@ fn walk_path(dentry: u64, vfsmnt: u64, root: (u64, u64), mut visit: impl FnMut(u
     let mut dentry = dentry;
     let mut vfsmnt = vfsmnt;
     let mut mnt = vfsmnt.wrapping_sub(off!(mount_mnt));
+    // Read once per mount, not once per component.
+    let Ok(mut mnt_root) = read::<u64>(vfsmnt, off!(vfsmount_root)) else { return false };
     for _ in 0..MAX_PATH_DEPTH {
         if dentry == root.0 && vfsmnt == root.1 {
             return true;
         }
-        let Ok(mnt_root) = read::<u64>(vfsmnt, off!(vfsmount_root)) else { return false };
         if dentry == mnt_root {
             // Top of this mount: continue from where it is mounted.
             let Ok(parent) = read::<u64>(mnt, off!(mount_parent)) else { return false };
@@ -127,18 +140,18 @@ fn walk_path(dentry: u64, vfsmnt: u64, root: (u64, u64), mut visit: impl FnMut(u
             dentry = mountpoint;
             mnt = parent;
             vfsmnt = mnt + off!(mount_mnt);
+            let Ok(r) = read::<u64>(vfsmnt, off!(vfsmount_root)) else { return false };
+            mnt_root = r;
             continue;
         }
-        let Ok(parent) = read::<u64>(dentry, off!(dentry_parent)) else { return false };
-        if parent == dentry {
+        let Ok(link) = read::<DentryLink>(dentry, off!(dentry_parent)) else { return false };
+        if link.parent == dentry {
             return true;
         }
-        let Ok(name) = read::<u64>(dentry, off!(dentry_name) + off!(qstr_name)) else { return false };
-        let Ok(len) = read::<u32>(dentry, off!(dentry_name) + off!(qstr_len)) else { return false };
-        if !visit(name, len) {
+        if !visit(link.name, link.len) {
             return false;
         }
-        dentry = parent;
+        dentry = link.parent;
     }
     false
 }

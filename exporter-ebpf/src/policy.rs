@@ -100,6 +100,26 @@ pub fn scratch() -> Option<*mut u8> {
     KEY_SCRATCH.get_ptr_mut(0).map(|p| p as *mut u8)
 }
 
+/// Copies an absolute user path into `buf[0..len]` (no NUL) for matching;
+/// 0 for a relative path, an unreadable one or one too long for a rule key.
+#[inline(always)]
+pub fn user_path(buf: *mut u8, filename: u64) -> usize {
+    // SAFETY: buf is the 512-byte path region of the scratch value; at most
+    // PATH_KEY_LEN bytes are written.
+    let n = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+            buf as *mut c_void,
+            PATH_KEY_LEN as u32,
+            filename as *const c_void,
+        )
+    };
+    // n counts the NUL; a path that filled the window may have been cut.
+    if n <= 1 || n as usize >= PATH_KEY_LEN || unsafe { *buf } != b'/' {
+        return 0;
+    }
+    (n - 1) as usize
+}
+
 /// Matches the path in `scratch[0..len]` (no NUL) against a prefix/exact
 /// trie and a suffix trie.
 #[inline(always)]

@@ -5,6 +5,7 @@ use core::{ffi::c_void, mem::size_of};
 
 use crate::counters;
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
@@ -25,6 +26,14 @@ static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Wake the reader only once this many bytes are pending (set by the agent
+/// from the ring size; 0: the kernel's default, a wakeup whenever the reader
+/// has caught up). A wakeup is an irq_work, a self-IPI: on a VM that exit
+/// costs the producing process microseconds per record. The reader also
+/// drains on a short timer, which bounds the delay of a quiet ring.
+#[no_mangle]
+static WAKEUP_BYTES: u64 = 0;
 
 /// The agent's own tgid: its file and socket activity is not reported (it would
 /// feed back into itself).
@@ -296,7 +305,16 @@ impl Record {
         self.set_len(len);
         // SAFETY: buf holds SCRATCH_SIZE bytes and len <= SCRATCH_SIZE.
         let data = unsafe { core::slice::from_raw_parts(self.buf as *const u8, len) };
-        if EVENTS.output::<[u8]>(data, 0).is_err() {
+        // SAFETY: plain read of a static.
+        let wakeup = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+        let flags = if wakeup == 0 {
+            0
+        } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        };
+        if EVENTS.output::<[u8]>(data, flags).is_err() {
             count(stat::RINGBUF_LOST);
             let h = self.header();
             let (cgroup_id, kind) = (h.cgroup_id, h.kind);

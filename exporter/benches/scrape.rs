@@ -161,6 +161,7 @@ fn kernel_map_scrape(iters: u32) {
         counter_capacity: 65536,
         count_exec_by_binary: false,
         cgroup_root: root.as_deref(),
+        filter_records: true,
     }) {
         Ok(s) => s,
         Err(e) => {

@@ -95,6 +95,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         counter_capacity: cfg.counter_capacity,
         count_exec_by_binary: cfg.metric_labels.binary,
         cgroup_root: cgroup_root.as_deref(),
+        filter_records: cfg.events == EventsMode::Matched,
     })?;
     *state.sensors.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sensors.status.clone();
     let sensors::Sensors {
@@ -191,6 +192,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = sigterm.recv() => { info!("terminated"); break; }
         }
     }
+    reader.drain(&fanout);
     let Fanout { local: out, sinks, .. } = fanout;
     state.ready.store(false, Relaxed);
     housekeeping.abort();

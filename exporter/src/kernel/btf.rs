@@ -230,6 +230,7 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
     })();
     let files = (|| {
         o.task_files = get("task_struct", "files")?;
+        o.task_stack = get("task_struct", "stack")?;
         o.files_fdt = get("files_struct", "fdt")?;
         o.fdtable_max_fds = get("fdtable", "max_fds")?;
         o.fdtable_fd = get("fdtable", "fd")?;
@@ -261,6 +262,17 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         o.tcp_bytes_sent = get("tcp_sock", "bytes_sent")?;
         Some(())
     })();
+    // The programs read d_parent and d_name's len and name in one go.
+    let paths = paths.filter(|_| {
+        let adjacent = o.dentry_name == o.dentry_parent + 8 && o.qstr_len == 4 && o.qstr_name == 8;
+        if !adjacent {
+            missing.push(format!(
+                "dentry.d_name right after d_parent (d_parent at {}, d_name at {}, qstr.len at {}, qstr.name at {})",
+                o.dentry_parent, o.dentry_name, o.qstr_len, o.qstr_name
+            ));
+        }
+        adjacent
+    });
     for (found, bit) in [
         (task, offsets::TASK),
         (paths, offsets::PATHS),

@@ -6,11 +6,11 @@ use std::{fs::File, os::fd::AsFd};
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use podwatch_common::{CounterKey, CounterValue, KernelOffsets};
+use podwatch_common::{CounterKey, CounterValue, KernelOffsets, PolicyConfig};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
@@ -50,13 +50,9 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("sched_process_exit", Hook::Tracepoint("sched", "sched_process_exit")),
     ("sched_process_fork", Hook::Raw("sched_process_fork")),
     ("cgroup_mkdir", Hook::Tracepoint("cgroup", "cgroup_mkdir")),
-    ("sys_enter_open", Hook::Tracepoint("syscalls", "sys_enter_open")),
     ("sys_exit_open", Hook::Tracepoint("syscalls", "sys_exit_open")),
-    ("sys_enter_openat", Hook::Tracepoint("syscalls", "sys_enter_openat")),
     ("sys_exit_openat", Hook::Tracepoint("syscalls", "sys_exit_openat")),
-    ("sys_enter_openat2", Hook::Tracepoint("syscalls", "sys_enter_openat2")),
     ("sys_exit_openat2", Hook::Tracepoint("syscalls", "sys_exit_openat2")),
-    ("sys_enter_creat", Hook::Tracepoint("syscalls", "sys_enter_creat")),
     ("sys_exit_creat", Hook::Tracepoint("syscalls", "sys_exit_creat")),
     ("inet_sock_set_state", Hook::Tracepoint("sock", "inet_sock_set_state")),
     ("sys_exit_accept", Hook::Tracepoint("syscalls", "sys_exit_accept")),
@@ -119,10 +115,27 @@ pub struct LoadOptions<'a> {
     pub counter_capacity: u32,
     pub count_exec_by_binary: bool,
     pub cgroup_root: Option<&'a std::path::Path>,
+    /// `--events matched`: set the kernel's record filter before any program
+    /// is attached, so no unjudged record slips out before the policies load.
+    pub filter_records: bool,
+}
+
+/// The kernel wakes the reader once this much is pending, and the reader
+/// drains on its own every `pipeline::reader::POLL` otherwise (a wakeup per
+/// record costs every producing process a self-IPI). An eighth of the ring
+/// leaves seven eighths of headroom for the reader to catch up.
+pub fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
+    (ring_buffer_bytes / 8).max(4096) as u64
 }
 
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Sensors> {
-    let LoadOptions { ring_buffer_bytes, counter_capacity, count_exec_by_binary, cgroup_root } = *opts;
+    let LoadOptions {
+        ring_buffer_bytes,
+        counter_capacity,
+        count_exec_by_binary,
+        cgroup_root,
+        filter_records,
+    } = *opts;
     raise_memlock();
     ensure_tracefs();
     let btf = Btf::from_sys().context("reading /sys/kernel/btf/vmlinux (BTF is required)")?;
@@ -141,10 +154,18 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Sensors> {
         .override_global("OFFSETS", &offsets, true)
         .override_global("AGENT_TGID", &agent_tgid, true)
         .override_global("COUNT_EXEC_BY_BINARY", &(count_exec_by_binary as u32), true)
+        .override_global("WAKEUP_BYTES", &wakeup_bytes(ring_buffer_bytes), true)
         .map_max_entries("COUNTERS", counter_capacity)
         .map_max_entries("EVENTS", ring_buffer_bytes)
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podwatch")))
         .context("loading the kernel programs")?;
+    if filter_records {
+        let mut config: Array<&mut MapData, PolicyConfig> =
+            Array::try_from(ebpf.map_mut("POLICY_CONFIG").context("POLICY_CONFIG map")?)?;
+        config
+            .set(0, PolicyConfig { filter: 1, ..Default::default() }, 0)
+            .context("setting the record filter")?;
+    }
 
     let cgroup_fd = match cgroup_root {
         Some(p) => Some(File::open(p).with_context(|| format!("opening {}", p.display()))?),

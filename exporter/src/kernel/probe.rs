@@ -145,6 +145,7 @@ pub fn run() -> anyhow::Result<()> {
         counter_capacity: 64,
         count_exec_by_binary: false,
         cgroup_root: cgroup_root.as_deref(),
+        filter_records: false,
     })
     .context("loading the kernel programs (needs root: CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)")?;
     let f = features().context("hook probe did not run")?;

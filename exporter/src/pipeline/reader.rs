@@ -24,8 +24,14 @@ pub struct Fanout {
     pub live: broadcast::Sender<Arc<Event>>,
 }
 
+/// How often the reader drains the ring without being woken. The kernel
+/// wakes it only when an eighth of the ring is pending (kernel::loader::
+/// wakeup_bytes), so this bounds how late a quiet node's events are.
+pub const POLL: Duration = Duration::from_millis(10);
+
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
+    tick: tokio::time::Interval,
     enricher: Enricher,
     stats: Arc<AgentStats>,
     last_tick: Instant,
@@ -36,13 +42,33 @@ impl Reader {
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-        Ok(Reader { ring, enricher, stats, last_tick: Instant::now() })
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Reader { ring, tick, enricher, stats, last_tick: Instant::now() })
     }
 
-    /// Waits until the ring buffer has records, then drains it into `out`.
+    /// Waits until the kernel wakes the reader or the poll interval passes,
+    /// then drains the ring buffer into `out`.
     pub async fn read_batch(&mut self, out: &Fanout) -> anyhow::Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        let rb = guard.get_inner_mut();
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                // Cleared before draining: a record committed during the drain
+                // sets readiness again instead of being missed.
+                guard?.clear_ready();
+            }
+            _ = self.tick.tick() => {}
+        }
+        self.drain(out);
+        if self.last_tick.elapsed() >= Duration::from_secs(1) {
+            self.housekeeping();
+        }
+        Ok(())
+    }
+
+    /// Reads every record the ring buffer holds now (also at shutdown, so
+    /// nothing committed before the stop is left behind).
+    pub fn drain(&mut self, out: &Fanout) {
+        let rb = self.ring.get_mut();
         while let Some(item) = rb.next() {
             self.stats.records_read.fetch_add(1, Relaxed);
             match decode(&item) {
@@ -59,11 +85,6 @@ impl Reader {
                 Err(e) => self.stats.decode_error(e),
             }
         }
-        guard.clear_ready();
-        if self.last_tick.elapsed() >= Duration::from_secs(1) {
-            self.housekeeping();
-        }
-        Ok(())
     }
 
     /// Once a second: expire exited processes, publish cache sizes.

@@ -11,16 +11,7 @@ use crate::{
 
 /// Every open-family syscall: a rule enforced on some of them is dodged
 /// through another.
-const FILE: &[&str] = &[
-    "sys_enter_open",
-    "sys_exit_open",
-    "sys_enter_openat",
-    "sys_exit_openat",
-    "sys_enter_openat2",
-    "sys_exit_openat2",
-    "sys_enter_creat",
-    "sys_exit_creat",
-];
+const FILE: &[&str] = &["sys_exit_open", "sys_exit_openat", "sys_exit_openat2", "sys_exit_creat"];
 const EXEC: &[&str] = &["sched_process_exec"];
 const TCP_EGRESS: &[&str] = &["connect4", "connect6"];
 const EGRESS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];

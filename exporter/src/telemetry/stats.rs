@@ -15,7 +15,7 @@ pub struct AgentStats {
     /// Records the kernel wrote to the ring buffer.
     pub kernel_records: AtomicU64,
     pub kernel_read_errors: AtomicU64,
-    pub kernel_open_stash_misses: AtomicU64,
+    pub kernel_open_args_misses: AtomicU64,
     pub kernel_sock_owner_misses: AtomicU64,
     /// Per-pod counter entries the kernel could not create (map full).
     pub kernel_counter_full: AtomicU64,
@@ -43,7 +43,7 @@ pub struct StatsSnapshot {
     pub kernel_ringbuf_lost: u64,
     pub kernel_records: u64,
     pub kernel_read_errors: u64,
-    pub kernel_open_stash_misses: u64,
+    pub kernel_open_args_misses: u64,
     pub kernel_sock_owner_misses: u64,
     pub records_read: u64,
     pub decode_errors: DecodeErrors,
@@ -73,7 +73,7 @@ impl AgentStats {
         self.kernel_ringbuf_lost.store(sum(stat::RINGBUF_LOST), Relaxed);
         self.kernel_records.store(sum(stat::RECORDS), Relaxed);
         self.kernel_read_errors.store(sum(stat::READ_ERRORS), Relaxed);
-        self.kernel_open_stash_misses.store(sum(stat::OPEN_STASH_MISS), Relaxed);
+        self.kernel_open_args_misses.store(sum(stat::OPEN_ARGS_MISS), Relaxed);
         self.kernel_sock_owner_misses.store(sum(stat::SOCK_OWNER_MISS), Relaxed);
         self.kernel_counter_full.store(sum(stat::COUNTER_FULL), Relaxed);
     }
@@ -95,7 +95,7 @@ impl AgentStats {
             kernel_ringbuf_lost: g(&self.kernel_ringbuf_lost),
             kernel_records: g(&self.kernel_records),
             kernel_read_errors: g(&self.kernel_read_errors),
-            kernel_open_stash_misses: g(&self.kernel_open_stash_misses),
+            kernel_open_args_misses: g(&self.kernel_open_args_misses),
             kernel_sock_owner_misses: g(&self.kernel_sock_owner_misses),
             records_read: g(&self.records_read),
             decode_errors: DecodeErrors {
