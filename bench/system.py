@@ -26,18 +26,18 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.path.join(ROOT, "target", "release", "podwatch")
 UNMATCHED = "/etc/hostname"  # no rule of the built-in policy matches it
-MATCHED = "/etc/passwd"  # the built-in policy's `credential-files` rule logs it
+MATCHED = "/etc/shadow"  # the built-in policy's `credential-files` rule logs it (host and pods)
 
 # bpftrace doing what a per-cgroup counting agent minimally does on the same
 # hooks: stash at syscall entry, one map update at exit; one map update per
 # exec/fork/exit and per TCP state change.
 BPFTRACE = r"""
-tracepoint:syscalls:sys_enter_openat { @inflight[tid] = args.filename; }
-tracepoint:syscalls:sys_exit_openat /@inflight[tid]/ { @files[cgroup, args.ret < 0] = count(); delete(@inflight[tid]); }
+tracepoint:syscalls:sys_enter_openat { @inflight[tid] = args->filename; }
+tracepoint:syscalls:sys_exit_openat /@inflight[tid]/ { @files[cgroup, args->ret < 0] = count(); delete(@inflight[tid]); }
 tracepoint:sched:sched_process_exec { @execs[cgroup] = count(); }
 tracepoint:sched:sched_process_fork { @forks[cgroup] = count(); }
 tracepoint:sched:sched_process_exit { @exits[cgroup] = count(); }
-tracepoint:sock:inet_sock_set_state { @tcp[cgroup, args.newstate] = count(); }
+tracepoint:sock:inet_sock_set_state { @tcp[cgroup, args->newstate] = count(); }
 BEGIN { printf("ready\n"); }
 """
 
@@ -60,12 +60,11 @@ def free_port():
 
 
 class Podwatch:
-    name = "podwatch"
-
-    def __init__(self, extra=()):
+    def __init__(self, name="podwatch", binary=AGENT, extra=()):
+        self.name = name
         self.addr = f"127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen(
-            [AGENT, "run", "--listen", self.addr, "--log-level", "warn", *extra],
+            [binary, "run", "--listen", self.addr, "--log-level", "warn", *extra],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.time() + 120
@@ -102,9 +101,8 @@ class Podwatch:
 
 
 class Bpftrace:
-    name = "bpftrace"
-
     def __init__(self):
+        self.name = "bpftrace"
         self.proc = subprocess.Popen(
             ["bpftrace", "-e", BPFTRACE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -122,7 +120,8 @@ class Bpftrace:
 
 
 class Nothing:
-    name = "none"
+    def __init__(self):
+        self.name = "none"
 
     def stop(self):
         pass
@@ -158,6 +157,7 @@ def main():
     ap.add_argument("--opens", type=int, default=200_000)
     ap.add_argument("--execs", type=int, default=2_000)
     ap.add_argument("--connects", type=int, default=20_000)
+    ap.add_argument("--baseline-agent", help="another podwatch binary (e.g. the previous commit's) measured in the same rounds")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/system.py loads BPF programs: run it as root (scripts/bench.sh does)")
@@ -170,31 +170,36 @@ def main():
         "fork + exec (static noop)": ("exec", str(a.execs)),
         "TCP connect+close on loopback": ("connect", str(a.connects), port),
     }
-    configs = [Nothing, Podwatch, Bpftrace]
-    times = {c.name: {l: [] for l in loops} for c in configs}
-    prog = {}  # program -> [ns per run], per loop
-    agent_cpu = []  # µs of agent CPU per delivered event (matched opens)
+    # name -> constructor; alternated round by round, so drift hits all alike.
+    configs = {"none": Nothing, "podwatch": Podwatch, "bpftrace": Bpftrace}
+    if a.baseline_agent:
+        configs["podwatch before"] = lambda: Podwatch("podwatch before", a.baseline_agent)
+    agents = [n for n in configs if n.startswith("podwatch")]
+    times = {c: {l: [] for l in loops} for c in configs}
+    prog = {}  # (agent, loop, program) -> [ns per run]
+    agent_cpu = {n: [] for n in agents}  # µs of agent CPU per delivered event (matched opens)
     rss = {}
     subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
     try:
         for r in range(a.rounds):
-            order = configs if r % 2 == 0 else list(reversed(configs))
-            for cfg in order:
-                log(f"round {r + 1}/{a.rounds}: {cfg.name}")
-                inst = cfg()
-                if cfg is Podwatch and r == 0:
-                    rss["at rest (MiB)"] = inst.rss_mib()
+            names = list(configs) if r % 2 == 0 else list(reversed(configs))
+            for name in names:
+                log(f"round {r + 1}/{a.rounds}: {name}")
+                inst = configs[name]()
+                agent = name in agents
+                if agent and r == 0:
+                    rss[(name, "at rest")] = inst.rss_mib()
                 for label, args in loops.items():
-                    before = bpf_prog_stats() if cfg is Podwatch else None
-                    cpu0 = inst.cpu_seconds() if cfg is Podwatch else 0
-                    ev0 = inst.stats()["events_emitted"] if cfg is Podwatch else 0
-                    times[cfg.name][label].append(timed(a.workload, *args))
-                    if cfg is Podwatch:
+                    before = bpf_prog_stats() if agent else None
+                    cpu0 = inst.cpu_seconds() if agent else 0
+                    ev0 = inst.stats()["events_emitted"] if agent else 0
+                    times[name][label].append(timed(a.workload, *args))
+                    if agent:
                         after = bpf_prog_stats()
-                        for name, (t, c) in after.items():
-                            t0, c0 = before.get(name, (0, 0))
+                        for prog_name, (t, c) in after.items():
+                            t0, c0 = before.get(prog_name, (0, 0))
                             if c - c0 > 0:
-                                prog.setdefault((label, name), []).append((t - t0) / (c - c0))
+                                prog.setdefault((name, label, prog_name), []).append((t - t0) / (c - c0))
                         if "log" in label:
                             # Let the reader catch up before counting what it delivered.
                             deadline = time.time() + 30
@@ -203,49 +208,56 @@ def main():
                                 time.sleep(0.05)
                             delivered = inst.stats()["events_emitted"] - ev0
                             if delivered:
-                                agent_cpu.append((inst.cpu_seconds() - cpu0) * 1e6 / delivered)
-                if cfg is Podwatch and r == 0:
-                    rss["after the loops (MiB)"] = inst.rss_mib()
+                                agent_cpu[name].append((inst.cpu_seconds() - cpu0) * 1e6 / delivered)
+                if agent and r == 0:
+                    rss[(name, "after the loops")] = inst.rss_mib()
                 inst.stop()
     finally:
         subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"])
         server.terminate()
 
+    others = [n for n in configs if n != "none"]
     print(f"\n## Syscall loops: wall time ratio against no agent (median of {a.rounds}, min-max)\n")
-    print("| loop | no agent | podwatch | bpftrace (same hooks, one map update) |")
-    print("|---|---|---|---|")
+    print("| loop | no agent | " + " | ".join(others) + " |")
+    print("|---|---|" + "---|" * len(others))
     for label in loops:
         base = times["none"][label]
-        cells = []
-        for c in ("podwatch", "bpftrace"):
-            cells.append(fmt_ratio([t / b for t, b in zip(times[c][label], base)]))
-        print(f"| {label} | 1.00 | {cells[0]} | {cells[1]} |")
-    print("\nBaseline per iteration (no agent): " + ", ".join(
+        cells = [fmt_ratio([t / b for t, b in zip(times[c][label], base)]) for c in others]
+        print(f"| {label} | 1.00 | " + " | ".join(cells) + " |")
+    print("\nbpftrace does the same hooks with one map update each. Baseline per iteration (no agent): " + ", ".join(
         f"{label.split(',')[0]} {statistics.median(times['none'][label]) / int(args[1]) * 1e9:.0f} ns"
         for label, args in loops.items()))
 
     print("\n## podwatch kernel programs: average run time per invocation (bpf stats)\n")
-    print("| loop | program | ns per run (median) |")
-    print("|---|---|---|")
-    for (label, name), v in sorted(prog.items()):
-        if statistics.median(v) > 0:
-            print(f"| {label} | {name} | {statistics.median(v):.0f} |")
+    print("| loop | program | " + " | ".join(f"{n} ns/run" for n in agents) + " |")
+    print("|---|---|" + "---|" * len(agents))
+    rows = sorted({(label, p) for (_, label, p) in prog})
+    for label, p in rows:
+        cells = []
+        for n in agents:
+            v = prog.get((n, label, p))
+            cells.append(f"{statistics.median(v):.0f}" if v else "-")
+        if any(c not in ("-", "0") for c in cells):
+            print(f"| {label} | {p} | " + " | ".join(cells) + " |")
 
     print("\n## podwatch user space\n")
-    if agent_cpu:
-        med = statistics.median(agent_cpu)
-        print(f"- agent CPU per delivered event: {med:.2f} µs (median; {min(agent_cpu):.2f}-{max(agent_cpu):.2f});"
-              f" that is {med * 1e4 / 1e6 * 100:.1f}% of a core at 10k events/s")
-    for k, v in rss.items():
-        print(f"- RSS {k}: {v:.1f}")
+    for n in agents:
+        v = agent_cpu[n]
+        if v:
+            med = statistics.median(v)
+            print(f"- {n}: agent CPU per delivered event {med:.2f} µs (median; {min(v):.2f}-{max(v):.2f});"
+                  f" {med * 1e4 / 1e6 * 100:.1f}% of a core at 10k events/s")
+    for (n, k), v in rss.items():
+        print(f"- {n}: RSS {k} {v:.1f} MiB")
 
-    rate_test(a)
+    for n in agents:
+        rate_test(a, n, a.baseline_agent if n == "podwatch before" else AGENT)
 
 
-def rate_test(a):
+def rate_test(a, name, binary):
     """Matched events end to end (kernel → ring buffer → decode → enrich → JSON →
     /dev/null): two producers flat out; delivered rate and every loss counter."""
-    inst = Podwatch()
+    inst = Podwatch(name, binary)
     try:
         s0 = inst.stats()
         cpu0 = inst.cpu_seconds()
@@ -267,7 +279,7 @@ def rate_test(a):
         delivered = s["events_emitted"] - s0["events_emitted"]
         lost = s["kernel_ringbuf_lost"] - s0["kernel_ringbuf_lost"]
         dropped = s["output_queue_drops"] - s0["output_queue_drops"]
-        print("\n## End to end, matched events, 2 producers flat out\n")
+        print(f"\n## End to end, matched events, 2 producers flat out: {name}\n")
         print(f"- produced {2 * n} opens in {produced_s:.2f} s ({2 * n / produced_s / 1e3:.0f}k/s offered)")
         print(f"- delivered {delivered} events in {total_s:.2f} s ({delivered / total_s / 1e3:.0f}k/s);"
               f" lost in the ring buffer {lost}, dropped at the output queue {dropped}")
