@@ -118,14 +118,17 @@ for b in /bin/bash /bin/cat /bin/cp /bin/sleep /bin/mkdir /bin/touch /usr/bin/se
   rm -f "$R$b"
   add "$b"
 done
-# Python: only the modules the test scripts import (socket, ctypes, ...).
-python3 -c 'import socket, ctypes, ctypes.util, os, sys, errno
-for m in list(sys.modules.values()):
-    f = getattr(m, "__file__", None)
-    if f: print(f)' | while read -r f; do
-  case "$f" in *.so) add "$f" ;; *) install -D -m 644 "$f" "$R$f" ;; esac
+# Python: Debian's /usr/bin/python3 (the one the tests run) with its standard
+# library (without tests, GUI toolkits and caches) and the shared objects its
+# extension modules link. (A `python3` earlier in PATH, pyenv's here, has
+# another stdlib: listing modules with it left the VM's python without one.)
+pylib=$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+mkdir -p "$R$pylib"
+(cd "$pylib" && tar --exclude=test --exclude=idlelib --exclude=tkinter --exclude=turtledemo \
+  --exclude=__pycache__ --exclude=ensurepip --exclude=lib2to3 -cf - .) | (cd "$R$pylib" && tar -xf -)
+for f in "$R$pylib"/lib-dynload/*.so; do
+  add "${f#"$R"}" >/dev/null 2>&1 || true
 done
-mkdir -p "$R/usr/lib/python3.11/lib-dynload"
 objcopy --strip-debug "$TEST_BIN" "$R/podwatch-tests"
 add "$TEST_BIN" /podwatch-tests.libs >/dev/null && rm -f "$R/podwatch-tests.libs"
 strip -o "$WORK/podwatch" "$ROOT/target/release/podwatch"

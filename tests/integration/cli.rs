@@ -127,12 +127,15 @@ fn file_output_rotates() {
     let pod = FakePod::cgroupfs("guaranteed");
     bash_in(Some(&pod.cgroup), "for i in $(seq 100); do /bin/cat /etc/hostname >/dev/null; done");
     // Everything before a sentinel exec has been written once the sentinel is
-    // in the current file (the output is ordered and flushed when idle).
+    // in a file (the output is ordered and flushed when idle). The host's own
+    // activity may rotate it out of the current file before we look, so every
+    // kept file is searched.
     let sentinel = format!("sentinel-{}", uuid());
     bash_in(None, &format!("/bin/echo {sentinel} >/dev/null"));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&out).is_ok_and(|t| t.contains(&sentinel)) {
-        assert!(Instant::now() < deadline, "the sentinel never reached {out_s}");
+    let kept = |n: usize| if n == 0 { out.clone() } else { dir.path().join(format!("events.jsonl.{n}")) };
+    while !(0..=2).any(|n| std::fs::read_to_string(kept(n)).is_ok_and(|t| t.contains(&sentinel))) {
+        assert!(Instant::now() < deadline, "the sentinel never reached {out_s} or its rotated files");
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(agent);
