@@ -20,7 +20,7 @@ ROOT=$PWD
 export PATH="$HOME/.cargo/bin:$PATH"
 CACHE=${PODWATCH_KERNEL_CACHE:-/var/cache/podwatch/kernels}
 KERNELS=${PODWATCH_KERNELS-"5.10 6.1 6.12"} # empty: build and pack only
-VM_SMP=${PODWATCH_VM_SMP:-2}
+VM_SMP=${PODWATCH_VM_SMP:-1}
 VM_MEM=${PODWATCH_VM_MEM:-1536}
 VM_TIMEOUT=${PODWATCH_VM_TIMEOUT:-1200}
 TEST_THREADS=${PODWATCH_VM_TEST_THREADS:-2}
@@ -147,26 +147,21 @@ echo "$TEST_THREADS" >"$R/threads"
 log "initramfs: $(du -m "$WORK/initramfs.cpio" | cut -f1) MiB, $(wc -l <"$R/tests") tests"
 
 # --- runs ---------------------------------------------------------------------
+# Kernels boot side by side, one vCPU each, as many at once as the machine has
+# cores (PODWATCH_VM_PARALLEL): TCG runs one guest vCPU per host thread.
 failed=0
 summary=()
-run_kernel() {
-  local series=$1 label=$2 append=$3 out=$WORK/$2.log start secs p f s line
-  if ! fetch_kernel "$series"; then
-    if [ "${PODWATCH_REQUIRE_KERNELS:-0}" = 1 ]; then
-      echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; kernel $label could not be fetched"
-      failed=1
-    else
-      log "skipped: kernel $series could not be fetched (set PODWATCH_REQUIRE_KERNELS=1 to fail)"
-      echo "test result: ok. 0 passed; 0 failed; 1 ignored; kernel $label not fetched"
-    fi
-    return
-  fi
-  log "booting $label ($(cat "$CACHE/$series/package"))"
+boot_kernel() {
+  local series=$1 label=$2 append=$3 out=$WORK/$2.log start
   start=$(date +%s)
   timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -smp "$VM_SMP" -m "$VM_MEM" -nographic -no-reboot \
     -nic none -kernel "$CACHE/$series/vmlinuz" -initrd "$WORK/initramfs.cpio" \
     -append "console=ttyS0 quiet panic=-1 $append" </dev/null >"$out" 2>&1 || true
-  secs=$(($(date +%s) - start))
+  echo $(($(date +%s) - start)) >"$out.secs"
+}
+report_kernel() {
+  local label=$1 out=$WORK/$1.log secs p f s line
+  secs=$(cat "$out.secs" 2>/dev/null || echo 0)
   tr -d '\r' <"$out" >"$out.txt"
   grep -E '^podwatch-vm: (kernel|lsm|probe)' "$out.txt" | sed "s/^podwatch-vm: /  [$label] /" || true
   grep -E '^test [^ ]+ \.\.\. ' "$out.txt" | sed "s/^/  [$label] /" || true
@@ -188,8 +183,27 @@ run_kernel() {
   summary+=("$label: $p passed, $f failed, $s skipped, ${secs}s wall ($(sed -nE 's/^podwatch-vm: suite seconds //p' "$out.txt" | head -1)s suite)")
   echo "test result: $([ "$f" = 0 ] && echo ok || echo FAILED). $p passed; $f failed; $s ignored; kernel $label"
 }
+PARALLEL=${PODWATCH_VM_PARALLEL:-$(nproc)}
+booted=()
 for k in $KERNELS; do
-  run_kernel "$k" "$k" ""
+  if ! fetch_kernel "$k"; then
+    if [ "${PODWATCH_REQUIRE_KERNELS:-0}" = 1 ]; then
+      echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; kernel $k could not be fetched"
+      failed=1
+    else
+      log "skipped: kernel $k could not be fetched (set PODWATCH_REQUIRE_KERNELS=1 to fail)"
+      echo "test result: ok. 0 passed; 0 failed; 1 ignored; kernel $k not fetched"
+    fi
+    continue
+  fi
+  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || true; done
+  log "booting $k ($(cat "$CACHE/$k/package"))"
+  boot_kernel "$k" "$k" "" &
+  booted+=("$k")
+done
+wait
+for k in "${booted[@]}"; do
+  report_kernel "$k"
 done
 log "summary:"
 for l in "${summary[@]}"; do log "  $l"; done
