@@ -114,6 +114,18 @@ impl RetryConfig {
             None => self.backoff(retry, rand01),
         }
     }
+
+    /// [`RetryConfig::delay`], and the instant it ends when waited from `now`.
+    pub fn retry_at(
+        &self,
+        now: Instant,
+        retry: u32,
+        retry_after: Option<Duration>,
+        rand01: f64,
+    ) -> (Duration, Instant) {
+        let delay = self.delay(retry, retry_after, rand01);
+        (delay, now + delay)
+    }
 }
 
 /// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
@@ -529,8 +541,8 @@ where
                         self.stats.settle(n, &self.stats.failed);
                         return;
                     }
-                    let delay = self.retry.delay(retry, retry_after, fastrand::f64());
-                    let wake = Instant::now() + delay;
+                    let (delay, wake) =
+                        self.retry.retry_at(Instant::now(), retry, retry_after, fastrand::f64());
                     if let Some(d) = *self.deadline.borrow() {
                         if wake >= d {
                             warn!(sink = %self.name, events = n, %reason,

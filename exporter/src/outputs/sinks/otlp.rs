@@ -15,6 +15,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use bytes::Bytes;
+use hyper::{HeaderMap, StatusCode};
 use opentelemetry_proto::tonic::{
     collector::logs::v1::{
         logs_service_client::LogsServiceClient, ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -261,6 +262,21 @@ fn rejected(resp: &ExportLogsServiceResponse) -> Sent {
     }
 }
 
+/// An OTLP/gRPC answer → what happened to the batch.
+pub fn grpc_outcome(answer: Result<ExportLogsServiceResponse, tonic::Status>) -> Result<Sent, SendError> {
+    match answer {
+        Ok(resp) => Ok(rejected(&resp)),
+        Err(status) => Err(grpc_error(&status)),
+    }
+}
+
+/// An OTLP/HTTP answer → what happened to the batch.
+pub fn http_outcome(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Result<Sent, SendError> {
+    classify(status, headers, &body)?;
+    // An empty or unparsable 2xx body counts as full success.
+    Ok(ExportLogsServiceResponse::decode(body).map(|r| rejected(&r)).unwrap_or(Sent::All))
+}
+
 /// OTLP/gRPC status → retry decision (the OTLP spec's retryable codes).
 pub fn grpc_error(status: &tonic::Status) -> SendError {
     let reason = format!("gRPC {:?}: {}", status.code(), status.message());
@@ -294,17 +310,12 @@ impl Transport for OtlpTransport {
             OtlpTransport::Grpc { client, metadata } => {
                 let mut req = tonic::Request::new(p.clone());
                 *req.metadata_mut() = metadata.clone();
-                match client.export(req).await {
-                    Ok(resp) => Ok(rejected(resp.get_ref())),
-                    Err(status) => Err(grpc_error(&status)),
-                }
+                grpc_outcome(client.export(req).await.map(tonic::Response::into_inner))
             }
             OtlpTransport::Http { client } => {
                 let body = Bytes::from(p.encode_to_vec());
                 let (status, headers, body) = client.post("application/x-protobuf", body).await?;
-                classify(status, &headers, &body)?;
-                // An empty or unparsable 2xx body counts as full success.
-                Ok(ExportLogsServiceResponse::decode(body).map(|r| rejected(&r)).unwrap_or(Sent::All))
+                http_outcome(status, &headers, body)
             }
         }
     }
