@@ -26,7 +26,7 @@ use hyper::{
 use libfuzzer_sys::fuzz_target;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use podwatch::outputs::sinks::{
-    framework::{parse_retry_after, RetryConfig, SendError, Sent},
+    framework::{parse_retry_after, RetryConfig, SendError, Sent, MAX_RETRY_WAIT},
     http::classify,
     loki, otlp,
 };
@@ -136,6 +136,7 @@ fuzz_target!(|data: &[u8]| {
         let Ok(v) = v.to_str() else { continue };
         let after = parse_retry_after(v, now);
         let (delay, _at) = retry_cfg.retry_at(tokio::time::Instant::now(), retry.max(1), after, rand01);
+        assert!(delay <= MAX_RETRY_WAIT);
         if let Some(a) = after {
             assert!(delay <= a, "Retry-After is honoured up to its cap, never stretched");
         }
