@@ -12,6 +12,8 @@
 #   FUZZ_MERGE=1     afterwards, add the inputs of the working corpus that
 #                    reach new code to the committed corpus (fuzz/corpus/)
 #
+# fuzz/dict/<target>.dict, when there, is the target's libFuzzer dictionary
+# (keys, YAML/JSON syntax, boundary numbers libFuzzer rarely types itself).
 # Corpora: fuzz/corpus/<target>/ are the committed seeds (read, never written
 # by a run); fuzz/work/<target>/ is the working corpus, kept between runs so
 # each run starts where the last one stopped. A crash, hang or out-of-memory
@@ -56,6 +58,7 @@ for t in "${TARGETS[@]}"; do
   before=$(find "$artifacts" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l)
   args=(-runs="$RUNS" -timeout="$TIMEOUT" -print_final_stats=1)
   [ -n "${FUZZ_MAX_LEN:-}" ] && args+=(-max_len="$FUZZ_MAX_LEN")
+  [ -f "fuzz/dict/$t.dict" ] && args+=(-dict="fuzz/dict/$t.dict")
   log="fuzz/logs/$t.log"
   echo "== $t: $RUNS runs (log: $log)" >&2
   start=$(date +%s.%N)
