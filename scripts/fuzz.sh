@@ -7,7 +7,8 @@
 #   scripts/fuzz.sh [TARGET...]     all six targets by default
 #
 #   FUZZ_RUNS=N      executions per target (default 1000000; -1 = until stopped)
-#   FUZZ_TIMEOUT=S   one input running longer is a failure (default 10)
+#   FUZZ_TIMEOUT=S   one input running longer is a failure (default 60: wall
+#                    time, and nice 19 can starve a run for seconds on a busy machine)
 #   FUZZ_MAX_LEN=N   longest input tried (default: libFuzzer's, from the corpus)
 #   FUZZ_MERGE=1     afterwards, add the inputs of the working corpus that
 #                    reach new code to the committed corpus (fuzz/corpus/)
@@ -32,7 +33,10 @@ for t in "${TARGETS[@]}"; do
   [[ " ${ALL[*]} " == *" $t "* ]] || { echo "fuzz.sh: unknown target $t (one of: ${ALL[*]})" >&2; exit 2; }
 done
 RUNS="${FUZZ_RUNS:-1000000}"
-TIMEOUT="${FUZZ_TIMEOUT:-10}"
+TIMEOUT="${FUZZ_TIMEOUT:-60}"
+# anyhow captures a backtrace for every error when RUST_BACKTRACE is set, which
+# under ASan costs more than parsing; panics still print theirs.
+export RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}"
 
 if ! rustup toolchain list | grep -q '^nightly'; then
   echo "fuzz.sh: cargo fuzz needs the nightly toolchain; scripts/setup.sh installs it" >&2
