@@ -11,13 +11,14 @@
 #                    time, and nice 19 can starve a run for seconds on a busy machine)
 #   FUZZ_MAX_LEN=N   longest input tried (default: libFuzzer's, from the corpus)
 #   FUZZ_MERGE=1     afterwards, add the inputs of the working corpus that
-#                    reach new code to the committed corpus (fuzz/corpus/)
+#                    reach new edges to the committed corpus (fuzz/corpus/)
 #
 # fuzz/dict/<target>.dict, when there, is the target's libFuzzer dictionary
 # (keys, YAML/JSON syntax, boundary numbers libFuzzer rarely types itself).
-# Corpora: fuzz/corpus/<target>/ are the committed seeds (read, never written
-# by a run); fuzz/work/<target>/ is the working corpus, kept between runs so
-# each run starts where the last one stopped. A crash, hang or out-of-memory
+# Corpora: fuzz/corpus/<target>/ are the committed seeds and a corpus minimized
+# to edges (FUZZ_MERGE=1 adds to it; a plain run only reads it);
+# fuzz/work/<target>/ is the working corpus, kept between runs so each run
+# starts where the last one stopped. A crash, hang or out-of-memory
 # input lands in fuzz/artifacts/<target>/; reproduce it with
 #   cargo +nightly fuzz run <target> fuzz/artifacts/<target>/<file>
 # and turn it into a unit test in the exporter crate before fixing it.
@@ -85,7 +86,8 @@ for t in "${TARGETS[@]}"; do
     echo "fuzz.sh: $t failed (exit $rc); see $log and $artifacts/" >&2
     tail -n 30 "$log" >&2
   elif [ "${FUZZ_MERGE:-0}" = 1 ]; then
-    nice -n 19 cargo +nightly fuzz run "$t" "fuzz/corpus/$t" "$work" -- -merge=1 >>"$log" 2>&1
+    # Edges only (no hit counters): the committed corpus stays small.
+    nice -n 19 cargo +nightly fuzz run "$t" "fuzz/corpus/$t" "$work" -- -merge=1 -use_counters=0 >>"$log" 2>&1
   fi
 done
 
