@@ -79,7 +79,7 @@ for t in "${TARGETS[@]}"; do
     crashes="?"   # libFuzzer failed without leaving an artifact: read the log
   fi
   files=$(find "$work" -type f | wc -l)
-  kb=$(du -sk "$work" | cut -f1)
+  kb=$(du -sk --apparent-size "$work" | cut -f1)
   summary+=("$(printf '%-14s %12s %8s %8s %8s %8s' "$t" "${execs:-?}" "$secs" "$files" "${kb}K" "$crashes")")
   if [ "$rc" -ne 0 ] || [ "$crashes" != 0 ]; then
     failed=1
