@@ -250,11 +250,34 @@ fn hostname() -> String {
 
 impl RunArgs {
     pub fn resolve(&self) -> anyhow::Result<AgentConfig> {
-        let file: FileConfig = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config {}", path.display()))?;
-                serde_yaml::from_str(&text).with_context(|| format!("config {}: invalid", path.display()))?
+        let text = match &self.config {
+            Some(path) => Some((
+                path.display().to_string(),
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?,
+            )),
+            None => None,
+        };
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        self.resolve_yaml(
+            text.as_ref().map(|(name, text)| (name.as_str(), text.as_str())),
+            in_cluster,
+            hostname,
+        )
+    }
+
+    /// [`RunArgs::resolve`] without the machine: `config` is the YAML file's
+    /// (name, text), `in_cluster` whether KUBERNETES_SERVICE_HOST is set,
+    /// `hostname` the node name's fallback. Reads no file and no variable.
+    pub fn resolve_yaml(
+        &self,
+        config: Option<(&str, &str)>,
+        in_cluster: bool,
+        hostname: impl FnOnce() -> String,
+    ) -> anyhow::Result<AgentConfig> {
+        let file: FileConfig = match config {
+            Some((name, text)) => {
+                serde_yaml::from_str(text).with_context(|| format!("config {name}: invalid"))?
             }
             None => FileConfig::default(),
         };
@@ -300,7 +323,6 @@ impl RunArgs {
             bail!("counter_capacity must be at least 1");
         }
         let metadata_file = self.metadata_file.clone().or(fmd.file);
-        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
         let source = self.metadata_source.or(fmd.source).unwrap_or(if metadata_file.is_some() {
             MetadataSource::File
         } else if in_cluster {

@@ -220,8 +220,8 @@ impl Enricher {
                         _ => "unknown",
                     }
                     .to_owned(),
-                    result: if ret >= 0 { "ok".to_owned() } else { errno_name(-ret) },
-                    errno: (ret < 0).then_some(-ret),
+                    result: if ret >= 0 { "ok".to_owned() } else { errno_name(errno_of(ret)) },
+                    errno: (ret < 0).then_some(errno_of(ret)),
                     fd: (ret >= 0).then_some(ret),
                     path_truncated: h.flags & (flags::PATH_TRUNCATED | flags::DIR_TRUNCATED) != 0,
                 });
@@ -240,6 +240,13 @@ impl Enricher {
             }
         }
     }
+}
+
+/// The errno of a failed call's `-errno` result. The kernel only gives -1..=-4095;
+/// a record claiming `i32::MIN`, which has no negation, saturates to
+/// `i32::MAX` instead of overflowing.
+fn errno_of(ret: i32) -> i32 {
+    ret.saturating_neg()
 }
 
 fn addr(family: u16, b: &[u8; 16]) -> String {
@@ -263,7 +270,7 @@ fn network(k: u16, n: &Net) -> Network {
         direction: if ingress { "ingress" } else { "egress" }.to_owned(),
         src,
         dst,
-        result: if n.result == 0 { "ok".to_owned() } else { errno_name(-n.result) },
+        result: if n.result == 0 { "ok".to_owned() } else { errno_name(errno_of(n.result)) },
         bytes_sent: close.then_some(n.bytes_sent),
         bytes_received: close.then_some(n.bytes_received),
     }
@@ -337,6 +344,49 @@ mod tests {
         assert_eq!(operation(0o1 | 0o100 | 0o1000), "create");
         assert_eq!(operation(0o10000000), "open");
         assert_eq!(open_flag_names(0o2000000), vec!["O_RDONLY", "O_CLOEXEC"]);
+    }
+
+    fn enricher() -> Enricher {
+        Enricher::new(
+            "node-1".into(),
+            ProcessCache::with_proc_root(16, std::time::Duration::from_secs(30), "/nonexistent"),
+            Arc::new(Mutex::new(CgroupResolver::new(None))),
+            Arc::new(PodStore::new("none")),
+            Arc::new(BinaryNames::default()),
+            Arc::new(RuleNames::default()),
+        )
+    }
+
+    /// Found by fuzzing (decode_record): `-ret` overflowed for a record whose
+    /// open result was i32::MIN.
+    #[test]
+    fn an_open_failing_with_i32_min_is_an_error_not_an_overflow() {
+        let rec = Record {
+            header: Header { kind: kind::FILE_OPEN, tgid: 7, ..Default::default() },
+            payload: Payload::FileOpen {
+                syscall: open_syscall::OPENAT,
+                dfd: podwatch_common::AT_FDCWD,
+                flags: 0,
+                mode: 0,
+                ret: i32::MIN,
+                path: b"/etc/shadow".to_vec(),
+                dir: None,
+            },
+        };
+        let f = enricher().enrich(rec).and_then(|ev| ev.file).expect("a file event");
+        assert_eq!(f.errno, Some(i32::MAX));
+        assert_eq!(f.result, "E2147483647");
+        assert_eq!(f.fd, None);
+    }
+
+    /// Found by fuzzing (decode_record): `-n.result` overflowed for a
+    /// connection record whose result was i32::MIN.
+    #[test]
+    fn a_connection_failing_with_i32_min_is_an_error_not_an_overflow() {
+        let n = Net { family: 2, protocol: 6, result: i32::MIN, ..Default::default() };
+        assert_eq!(network(kind::TCP_CONNECT, &n).result, "E2147483647");
+        let n = Net { result: -111, ..n };
+        assert_eq!(network(kind::TCP_CONNECT, &n).result, "ECONNREFUSED");
     }
 
     #[test]

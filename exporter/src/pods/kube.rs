@@ -184,8 +184,9 @@ async fn list(
     let mut pods = Vec::new();
     let mut token: Option<String> = None;
     let rv = loop {
-        let page: ObjectList =
-            api.get_json(&list_path(&cfg.node_name, cfg.page_size, token.as_deref())).await?;
+        let path = list_path(&cfg.node_name, cfg.page_size, token.as_deref());
+        let page =
+            parse_list_page(&api.get_body_within(&path).await?).with_context(|| format!("GET {path}"))?;
         for pod in page.items {
             match pod_meta(&pod) {
                 Ok(mut meta) => {
@@ -279,19 +280,25 @@ struct WatchEvent {
     object: serde_json::Value,
 }
 
-/// Applies one line of a watch stream; true when the server says our version
-/// is gone (410). A line we cannot make sense of is an error: we may have
-/// missed an event, so the caller re-lists.
-async fn apply_line(
-    api: &mut Api,
-    owners: &mut Owners,
-    store: &PodStore,
-    rv: &mut String,
-    line: &[u8],
-) -> anyhow::Result<bool> {
+/// What one line of a watch stream says.
+#[derive(Debug)]
+pub enum WatchLine {
+    /// An empty line.
+    Blank,
+    /// ADDED or MODIFIED (`deleted: false`), DELETED (`deleted: true`).
+    Pod { deleted: bool, pod: Object },
+    /// BOOKMARK: the version to watch from next.
+    Bookmark { resource_version: String },
+    /// ERROR with code 410: our version is gone, re-list.
+    Gone,
+}
+
+/// Parses one line of a watch stream. A line we cannot make sense of is an
+/// error: we may have missed an event, so the caller re-lists.
+pub fn parse_watch_line(line: &[u8]) -> anyhow::Result<WatchLine> {
     let line = line.trim_ascii();
     if line.is_empty() {
-        return Ok(false);
+        return Ok(WatchLine::Blank);
     }
     let event: WatchEvent = serde_json::from_slice(line)
         .with_context(|| format!("unparsable pod watch line {:?}", excerpt(line)))?;
@@ -299,12 +306,42 @@ async fn apply_line(
         "ADDED" | "MODIFIED" | "DELETED" => {
             let pod: Object = serde_json::from_value(event.object)
                 .with_context(|| format!("{} event whose object is not a pod", event.kind))?;
+            Ok(WatchLine::Pod { deleted: event.kind == "DELETED", pod })
+        }
+        "BOOKMARK" => {
+            let o: Object =
+                serde_json::from_value(event.object).context("BOOKMARK event without metadata")?;
+            Ok(WatchLine::Bookmark { resource_version: o.metadata.resource_version })
+        }
+        "ERROR" => {
+            let status: Status = serde_json::from_value(event.object).unwrap_or_default();
+            if status.code == 410 {
+                return Ok(WatchLine::Gone);
+            }
+            bail!("pod watch ERROR event: {status}");
+        }
+        other => bail!("pod watch event of unknown type {other:?}"),
+    }
+}
+
+/// Applies one line of a watch stream; true when the server says our version
+/// is gone (410).
+async fn apply_line(
+    api: &mut Api,
+    owners: &mut Owners,
+    store: &PodStore,
+    rv: &mut String,
+    line: &[u8],
+) -> anyhow::Result<bool> {
+    match parse_watch_line(line)? {
+        WatchLine::Blank => {}
+        WatchLine::Pod { deleted, pod } => {
             match pod_meta(&pod) {
                 Ok(mut meta) => {
                     meta.workload = owners.workload(api, store, &pod).await;
                     let uid = meta.uid.clone();
                     store.upsert(meta);
-                    if event.kind == "DELETED" {
+                    if deleted {
                         store.mark_deleted(&uid, Instant::now());
                     }
                     store.state.events.fetch_add(1, Relaxed);
@@ -313,19 +350,8 @@ async fn apply_line(
             }
             advance(rv, pod.metadata.resource_version);
         }
-        "BOOKMARK" => {
-            let o: Object =
-                serde_json::from_value(event.object).context("BOOKMARK event without metadata")?;
-            advance(rv, o.metadata.resource_version);
-        }
-        "ERROR" => {
-            let status: Status = serde_json::from_value(event.object).unwrap_or_default();
-            if status.code == 410 {
-                return Ok(true);
-            }
-            bail!("pod watch ERROR event: {status}");
-        }
-        other => bail!("pod watch event of unknown type {other:?}"),
+        WatchLine::Bookmark { resource_version } => advance(rv, resource_version),
+        WatchLine::Gone => return Ok(true),
     }
     Ok(false)
 }
@@ -426,7 +452,7 @@ struct OwnerReference {
 /// A Pod, ReplicaSet or Job: metadata plus (for pods) container statuses.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct Object {
+pub struct Object {
     #[serde(deserialize_with = "nullable")]
     metadata: ObjectMeta,
     #[serde(deserialize_with = "nullable")]
@@ -469,22 +495,28 @@ struct ContainerStatusId {
     container_id: String,
 }
 
+/// One page of a LIST.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct ObjectList {
+pub struct ObjectList {
     #[serde(deserialize_with = "nullable")]
-    metadata: ListMeta,
+    pub metadata: ListMeta,
     #[serde(deserialize_with = "nullable")]
-    items: Vec<Object>,
+    pub items: Vec<Object>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-struct ListMeta {
+pub struct ListMeta {
     #[serde(deserialize_with = "nullable")]
-    resource_version: String,
+    pub resource_version: String,
     #[serde(rename = "continue", deserialize_with = "nullable")]
-    continue_token: String,
+    pub continue_token: String,
+}
+
+/// Parses a LIST page's body.
+pub fn parse_list_page(body: &[u8]) -> anyhow::Result<ObjectList> {
+    serde_json::from_slice(body).with_context(|| format!("unexpected body {:?}", excerpt(body)))
 }
 
 /// A `Status` object: error bodies and watch ERROR events.
@@ -507,7 +539,7 @@ impl fmt::Display for Status {
 
 /// A pod's metadata, its workload left to [`Owners::workload`] (which may
 /// need the API). Fails only without a uid, the store's key.
-fn pod_meta(pod: &Object) -> anyhow::Result<PodMeta> {
+pub fn pod_meta(pod: &Object) -> anyhow::Result<PodMeta> {
     let m = &pod.metadata;
     if m.uid.is_empty() {
         bail!("pod {}/{} has no metadata.uid", m.namespace, m.name);
@@ -1087,11 +1119,16 @@ impl Api {
 
     /// GET `path` and decode its JSON body; non-2xx is an [`HttpStatus`].
     async fn get_json<T: DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
-        let body = tokio::time::timeout(self.timeout, self.get_body(path))
-            .await
-            .map_err(|_| anyhow!("GET {path}: no answer within {:?}", self.timeout))??;
+        let body = self.get_body_within(path).await?;
         serde_json::from_slice(&body)
             .with_context(|| format!("GET {path}: unexpected body {:?}", excerpt(&body)))
+    }
+
+    /// GET `path` within the request timeout; non-2xx is an [`HttpStatus`].
+    async fn get_body_within(&mut self, path: &str) -> anyhow::Result<Bytes> {
+        tokio::time::timeout(self.timeout, self.get_body(path))
+            .await
+            .map_err(|_| anyhow!("GET {path}: no answer within {:?}", self.timeout))?
     }
 
     async fn get_body(&mut self, path: &str) -> anyhow::Result<Bytes> {
@@ -1192,11 +1229,16 @@ async fn check_status(resp: Response<Incoming>, path: &str) -> anyhow::Result<Re
     let code = resp.status().as_u16();
     let body =
         Limited::new(resp.into_body(), 64 << 10).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let message = match serde_json::from_slice::<Status>(&body) {
+    Err(HttpStatus { code, path: path.to_owned(), message: error_message(&body) }.into())
+}
+
+/// The message of an error answer: the server's own when the body is a
+/// Status, else the start of the body.
+pub fn error_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<Status>(body) {
         Ok(s) if !s.message.is_empty() => s.message,
-        _ => excerpt(&body),
-    };
-    Err(HttpStatus { code, path: path.to_owned(), message }.into())
+        _ => excerpt(body),
+    }
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<PodMeta>> {
 
 /// The shape is told by the top-level node, then the text is parsed again
 /// as that shape so errors keep their line and column.
-fn parse(text: &str) -> anyhow::Result<Vec<PodMeta>> {
+pub fn parse(text: &str) -> anyhow::Result<Vec<PodMeta>> {
     let top: serde_yaml::Value = serde_yaml::from_str(text)?;
     let pods = match top {
         serde_yaml::Value::Null => Vec::new(),

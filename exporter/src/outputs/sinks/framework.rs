@@ -114,7 +114,25 @@ impl RetryConfig {
             None => self.backoff(retry, rand01),
         }
     }
+
+    /// [`RetryConfig::delay`], at most [`MAX_RETRY_WAIT`], and the instant it
+    /// ends when waited from `now`.
+    pub fn retry_at(
+        &self,
+        now: Instant,
+        retry: u32,
+        retry_after: Option<Duration>,
+        rand01: f64,
+    ) -> (Duration, Instant) {
+        let delay = self.delay(retry, retry_after, rand01).min(MAX_RETRY_WAIT);
+        (delay, now + delay)
+    }
 }
+
+/// The longest a retry is put off, whatever the config allows and the server
+/// asks: an `Instant` cannot be pushed arbitrarily far (a `Retry-After` of
+/// u64::MAX seconds under `max_retry_after_seconds: u64::MAX` overflowed it).
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
 /// A date in the past means "now".
@@ -529,8 +547,8 @@ where
                         self.stats.settle(n, &self.stats.failed);
                         return;
                     }
-                    let delay = self.retry.delay(retry, retry_after, fastrand::f64());
-                    let wake = Instant::now() + delay;
+                    let (delay, wake) =
+                        self.retry.retry_at(Instant::now(), retry, retry_after, fastrand::f64());
                     if let Some(d) = *self.deadline.borrow() {
                         if wake >= d {
                             warn!(sink = %self.name, events = n, %reason,
@@ -578,6 +596,27 @@ mod tests {
         let r = RetryConfig { max_retry_after_seconds: 60, ..Default::default() };
         assert_eq!(r.delay(1, Some(Duration::from_secs(7)), 0.3), Duration::from_secs(7));
         assert_eq!(r.delay(1, Some(Duration::from_secs(3600)), 0.3), Duration::from_secs(60));
+    }
+
+    /// Found with the sink_response fuzz target (an input written for it, not
+    /// one libFuzzer mutated its way to): a huge Retry-After under a huge
+    /// max_retry_after_seconds overflowed `now + delay`.
+    #[test]
+    fn a_huge_retry_after_under_a_huge_cap_waits_a_year_instead_of_overflowing() {
+        let r = RetryConfig { max_retry_after_seconds: u64::MAX, ..Default::default() };
+        let after = parse_retry_after("18446744073709551615", SystemTime::now());
+        assert_eq!(after, Some(Duration::from_secs(u64::MAX)));
+        let now = Instant::now();
+        let (delay, at) = r.retry_at(now, 1, after, 0.5);
+        assert_eq!(delay, MAX_RETRY_WAIT);
+        assert_eq!(at, now + MAX_RETRY_WAIT);
+        let huge_backoff = RetryConfig { initial_backoff_ms: u64::MAX, max_backoff_ms: u64::MAX, ..r };
+        assert_eq!(huge_backoff.retry_at(now, 60, None, 1.0).0, MAX_RETRY_WAIT);
+        // Ordinary waits are untouched.
+        assert_eq!(
+            r.retry_at(now, 1, Some(Duration::from_secs(7)), 0.5),
+            (Duration::from_secs(7), now + Duration::from_secs(7))
+        );
     }
 
     #[test]

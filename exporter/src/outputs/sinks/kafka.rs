@@ -168,7 +168,7 @@ impl KafkaConfig {
             .set("linger.ms", self.linger_ms.to_string())
             .set("batch.size", self.batch_size.to_string())
             // Room for the headers and the record overhead.
-            .set("message.max.bytes", (self.message_max_bytes + 4096).to_string())
+            .set("message.max.bytes", self.message_max_bytes.saturating_add(4096).to_string())
             .set("message.timeout.ms", self.message_timeout_ms.to_string())
             .set("queue.buffering.max.messages", self.buffer_max_messages.to_string())
             .set("queue.buffering.max.kbytes", self.buffer_max_kbytes.to_string())
@@ -462,6 +462,19 @@ mod tests {
         assert_eq!(c.get("enable.idempotence"), Some("false"));
         let c = cfg("{brokers: [a], tls: {}, sasl: {mechanism: PLAIN, username: u, password: p}}");
         assert_eq!(c.client_config().unwrap().get("security.protocol"), Some("sasl_ssl"));
+    }
+
+    /// Found with the agent_config fuzz target (an input written for it):
+    /// `message_max_bytes + 4096` overflowed for a value near usize::MAX;
+    /// librdkafka now gets the saturated value and refuses it itself.
+    #[test]
+    fn a_huge_message_max_bytes_saturates_instead_of_overflowing() {
+        let c = cfg("{brokers: [a], message_max_bytes: 18446744073709551615}").client_config().unwrap();
+        assert_eq!(c.get("message.max.bytes"), Some(usize::MAX.to_string().as_str()));
+        let e = c.create::<FutureProducer>().err().expect("out of librdkafka's range");
+        assert!(e.to_string().contains("message.max.bytes"), "{e}");
+        let c = cfg("{brokers: [a], message_max_bytes: 1000}").client_config().unwrap();
+        assert_eq!(c.get("message.max.bytes"), Some("5096"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
-use hyper::header::HeaderValue;
+use hyper::{header::HeaderValue, HeaderMap, StatusCode};
 use prost::Message as _;
 use serde::Deserialize;
 
@@ -372,9 +372,15 @@ impl Transport for LokiTransport {
 
     async fn send(&mut self, p: &LokiPayload, _events: u64, _s: &Arc<SinkStats>) -> Result<Sent, SendError> {
         let (status, headers, body) = self.client.post(p.content_type, p.body.clone()).await?;
-        classify(status, &headers, &body)?;
-        Ok(Sent::All)
+        outcome(status, &headers, &body)
     }
+}
+
+/// A push answer → what happened to the batch: Loki accepts or refuses a
+/// push whole (its 2xx body carries nothing we read).
+pub fn outcome(status: StatusCode, headers: &HeaderMap, body: &Bytes) -> Result<Sent, SendError> {
+    classify(status, headers, body)?;
+    Ok(Sent::All)
 }
 
 pub fn start(cfg: &LokiConfig, node: &str) -> anyhow::Result<SinkHandle> {

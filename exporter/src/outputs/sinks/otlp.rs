@@ -12,9 +12,11 @@
 //! attributes in OpenTelemetry semantic conventions, severity from the
 //! event's action.
 
-use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{collections::BTreeMap, future::Future, panic::AssertUnwindSafe, sync::Arc, time::SystemTime};
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
+use hyper::{HeaderMap, StatusCode};
 use opentelemetry_proto::tonic::{
     collector::logs::v1::{
         logs_service_client::LogsServiceClient, ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -261,6 +263,42 @@ fn rejected(resp: &ExportLogsServiceResponse) -> Sent {
     }
 }
 
+/// An OTLP/gRPC answer → what happened to the batch.
+pub fn grpc_outcome(answer: Result<ExportLogsServiceResponse, tonic::Status>) -> Result<Sent, SendError> {
+    match answer {
+        Ok(resp) => Ok(rejected(&resp)),
+        Err(status) => Err(grpc_error(&status)),
+    }
+}
+
+/// One gRPC export and its answer judged, with tonic's panics on malformed
+/// answers caught: tonic 0.14 panics reading a `grpc-status-details-bin`
+/// that is not base64 (grpc/grpc-rust#2618), which would otherwise end the
+/// sink's worker. Such an answer fails the batch (it would fail again).
+pub async fn guarded_export<F>(export: F) -> Result<Sent, SendError>
+where
+    F: Future<Output = Result<ExportLogsServiceResponse, tonic::Status>>,
+{
+    match AssertUnwindSafe(export).catch_unwind().await {
+        Ok(answer) => grpc_outcome(answer),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(SendError::permanent(format!("gRPC answer the client cannot read: {why}")))
+        }
+    }
+}
+
+/// An OTLP/HTTP answer → what happened to the batch.
+pub fn http_outcome(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Result<Sent, SendError> {
+    classify(status, headers, &body)?;
+    // An empty or unparsable 2xx body counts as full success.
+    Ok(ExportLogsServiceResponse::decode(body).map(|r| rejected(&r)).unwrap_or(Sent::All))
+}
+
 /// OTLP/gRPC status → retry decision (the OTLP spec's retryable codes).
 pub fn grpc_error(status: &tonic::Status) -> SendError {
     let reason = format!("gRPC {:?}: {}", status.code(), status.message());
@@ -294,17 +332,12 @@ impl Transport for OtlpTransport {
             OtlpTransport::Grpc { client, metadata } => {
                 let mut req = tonic::Request::new(p.clone());
                 *req.metadata_mut() = metadata.clone();
-                match client.export(req).await {
-                    Ok(resp) => Ok(rejected(resp.get_ref())),
-                    Err(status) => Err(grpc_error(&status)),
-                }
+                guarded_export(async { client.export(req).await.map(tonic::Response::into_inner) }).await
             }
             OtlpTransport::Http { client } => {
                 let body = Bytes::from(p.encode_to_vec());
                 let (status, headers, body) = client.post("application/x-protobuf", body).await?;
-                classify(status, &headers, &body)?;
-                // An empty or unparsable 2xx body counts as full success.
-                Ok(ExportLogsServiceResponse::decode(body).map(|r| rejected(&r)).unwrap_or(Sent::All))
+                http_outcome(status, &headers, body)
             }
         }
     }
@@ -463,6 +496,26 @@ mod tests {
         assert!(serde_yaml::from_str::<OtlpConfig>("{endpoint: x, protocol: thrift}").is_err());
         assert!(matches!(grpc_error(&tonic::Status::unavailable("x")), SendError::Retryable { .. }));
         assert!(matches!(grpc_error(&tonic::Status::invalid_argument("x")), SendError::Permanent { .. }));
+    }
+
+    /// Found by fuzzing (sink_response): tonic panics on a gRPC answer whose
+    /// `grpc-status-details-bin` is not base64; the export fails instead.
+    #[tokio::test]
+    async fn a_grpc_answer_with_invalid_status_details_fails_the_batch() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "3".parse().unwrap());
+        trailers.insert("grpc-status-details-bin", "CA-SCmJhZCByZWNvcmQ".parse().unwrap());
+        // What the tonic client does with the answer's headers and trailers.
+        let answer = async { Err(tonic::Status::from_header_map(&trailers).expect("a status")) };
+        match guarded_export(answer).await {
+            Err(SendError::Permanent { reason }) => assert!(reason.contains("base64"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        trailers.insert("grpc-status-details-bin", "CAMSCmJhZCByZWNvcmQ".parse().unwrap());
+        let answer = async { Err(tonic::Status::from_header_map(&trailers).expect("a status")) };
+        assert!(matches!(guarded_export(answer).await, Err(SendError::Permanent { .. })));
+        let ok = async { Ok(ExportLogsServiceResponse::default()) };
+        assert_eq!(guarded_export(ok).await, Ok(Sent::All));
     }
 
     #[tokio::test]
