@@ -174,7 +174,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     info!(cgroups = removed.len(), "removed the series of deleted pods");
                 }
                 // Keep deleted pods' names a little longer than their series.
-                metrics.pods.expire(now, grace + Duration::from_secs(60));
+                metrics.pods.expire(now, grace.saturating_add(Duration::from_secs(60)));
             }
         })
     };
