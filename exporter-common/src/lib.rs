@@ -237,13 +237,6 @@ pub const PATH_KEY_LEN: usize = policy::PATH_KEY + 2;
 /// Address trie keys are `Key<[u8; 17]>`: generation, then 4 or 16 bytes.
 pub const ADDR_KEY_LEN: usize = 17;
 
-/// Per-cgroup policy masks, one per generation.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CgroupPolicies {
-    pub masks: [u64; 2],
-}
-
 /// Runtime policy state shared with the kernel (array map, one element).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -439,8 +432,6 @@ mod user {
     unsafe impl aya::Pod for CounterValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for MatchSet {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for CgroupPolicies {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PolicyConfig {}
 }

@@ -13,15 +13,19 @@ use aya_ebpf::{
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
 };
-use podwatch_common::{
-    action, policy::REFS, CgroupPolicies, MatchSet, PolicyConfig, ADDR_KEY_LEN, PATH_KEY_LEN,
-};
+use podwatch_common::{action, policy::REFS, MatchSet, PolicyConfig, ADDR_KEY_LEN, PATH_KEY_LEN};
 
 #[map]
 static POLICY_CONFIG: Array<PolicyConfig> = Array::with_max_entries(1, 0);
 
+/// Each generation's per-cgroup policy masks, in a map of its own: a reload
+/// writes only the inactive generation's map, so no element a probe may be
+/// reading is replaced under it (a preallocated hash map recycles a replaced
+/// element at once, and a probe holding it would read another cgroup's mask).
 #[map]
-static CGROUP_POLICIES: HashMap<u64, CgroupPolicies> = HashMap::with_max_entries(65536, 0);
+static CGROUP_MASKS_0: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
+#[map]
+static CGROUP_MASKS_1: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
 
 #[map]
 static EXEC_PATHS: LpmTrie<[u8; PATH_KEY_LEN], MatchSet> = LpmTrie::with_max_entries(8192, BPF_F_NO_PREALLOC);
@@ -65,8 +69,13 @@ pub fn state(cgroup_id: u64) -> (u8, u64) {
     let Some(cfg) = POLICY_CONFIG.get(0) else { return (0, 0) };
     let gen = (cfg.active & 1) as usize;
     // SAFETY: read-only use of the looked-up value.
-    let mask = match unsafe { CGROUP_POLICIES.get(&cgroup_id) } {
-        Some(p) => p.masks[gen],
+    let found = if gen == 0 {
+        unsafe { CGROUP_MASKS_0.get(&cgroup_id) }
+    } else {
+        unsafe { CGROUP_MASKS_1.get(&cgroup_id) }
+    };
+    let mask = match found {
+        Some(m) => *m,
         None => cfg.default_masks[gen],
     };
     (gen as u8, mask)

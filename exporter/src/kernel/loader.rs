@@ -204,7 +204,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Sensors> {
     let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
     let policy = PolicyMaps {
         config: take("POLICY_CONFIG")?.try_into()?,
-        cgroups: take("CGROUP_POLICIES")?.try_into()?,
+        cgroups: [take("CGROUP_MASKS_0")?.try_into()?, take("CGROUP_MASKS_1")?.try_into()?],
         exec_paths: take("EXEC_PATHS")?.try_into()?,
         exec_suffixes: take("EXEC_SUFFIXES")?.try_into()?,
         file_paths: take("FILE_PATHS")?.try_into()?,

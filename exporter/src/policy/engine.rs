@@ -3,8 +3,8 @@
 //!
 //! Reload protocol (no event sees no policy or half a policy):
 //! 1. write every entry of the new set under the inactive generation byte;
-//! 2. write the new generation's mask of every known cgroup (the active
-//!    generation's masks stay as they are);
+//! 2. write the new generation's mask of every known cgroup into that
+//!    generation's own map (the active map is not touched);
 //! 3. flip `PolicyConfig::active` — one array-element update, which the kernel
 //!    reads once per event;
 //! 4. wait until every program run that may have read the old generation has
@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData};
-use podwatch_common::{CgroupPolicies, MatchSet, PolicyConfig, ADDR_KEY_LEN, PATH_KEY_LEN};
+use podwatch_common::{MatchSet, PolicyConfig, ADDR_KEY_LEN, PATH_KEY_LEN};
 
 use super::{
     compile::{compile, Compiled, Prefix, RuleInfo},
@@ -38,7 +38,9 @@ type AddrTrie = LpmTrie<MapData, [u8; ADDR_KEY_LEN], MatchSet>;
 /// The kernel maps policies live in.
 pub struct PolicyMaps {
     pub config: Array<MapData, PolicyConfig>,
-    pub cgroups: BpfHashMap<MapData, u64, CgroupPolicies>,
+    /// Per-cgroup policy masks, one map per generation (see the kernel's
+    /// CGROUP_MASKS_0/1: a reload writes only the inactive one).
+    pub cgroups: [BpfHashMap<MapData, u64, u64>; 2],
     pub exec_paths: PathTrie,
     pub exec_suffixes: PathTrie,
     pub file_paths: PathTrie,
@@ -229,8 +231,7 @@ impl PolicyEngine {
             let mask = Self::mask_for(&policies, path, pods);
             let entry = self.masks.entry(*id).or_insert([0; 2]);
             entry[next as usize] = mask;
-            let value = CgroupPolicies { masks: *entry };
-            self.maps.cgroups.insert(id, value, 0).context("writing a cgroup's policy mask")?;
+            self.maps.cgroups[next as usize].insert(id, mask, 0).context("writing a cgroup's policy mask")?;
         }
         // Flip.
         let mut cfg = self.maps.config.get(&0, 0).unwrap_or_default();
@@ -289,13 +290,14 @@ impl PolicyEngine {
                 }
             };
             if changed {
-                let masks = self.masks.get(id).copied().unwrap_or_default();
-                let _ = self.maps.cgroups.insert(id, CgroupPolicies { masks }, 0);
+                let _ = self.maps.cgroups[gen].insert(id, mask, 0);
             }
         }
         for id in gone {
             if self.masks.remove(id).is_some() {
-                let _ = self.maps.cgroups.remove(id);
+                for m in &mut self.maps.cgroups {
+                    let _ = m.remove(id);
+                }
             }
         }
     }
