@@ -524,7 +524,18 @@ pub fn load_dir(dir: &Path, caps: Capabilities) -> Result<Vec<Policy>, PolicyErr
             line: None,
             message: format!("cannot read: {e}"),
         })?;
-        all.extend(parse(&text, &name, caps)?);
+        let policies = parse(&text, &name, caps)?;
+        // A file caught half-written (truncated, not yet filled: an editor or
+        // `cat >` writing in place) would otherwise load as "no policies" and
+        // lift every rule until the next reload.
+        if policies.is_empty() {
+            return Err(PolicyError {
+                file: name,
+                line: None,
+                message: "holds no policy document (remove the file to drop its policies)".to_owned(),
+            });
+        }
+        all.extend(policies);
     }
     check_set(&all)?;
     Ok(all)

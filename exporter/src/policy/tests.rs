@@ -76,6 +76,20 @@ fn the_line_points_at_the_problem() {
     assert!(shown.contains("explode") || shown.contains("action"), "line {line} is {shown:?}");
 }
 
+/// A file with no document (one caught half-written, truncated before it is
+/// filled) is refused, so the running set stays; an empty directory is an
+/// explicit "no policies".
+#[test]
+fn a_file_without_documents_is_refused_an_empty_directory_is_not() {
+    let dir = tempfile::tempdir().expect("tmp");
+    assert_eq!(load_dir(dir.path(), CAPS).expect("empty directory").len(), 0);
+    for text in ["", "# only a comment\n", "---\n"] {
+        std::fs::write(dir.path().join("p.yaml"), text).expect("write");
+        let e = load_dir(dir.path(), CAPS).expect_err("no documents");
+        assert!(e.to_string().contains("p.yaml") && e.to_string().contains("no policy document"), "{e}");
+    }
+}
+
 #[test]
 fn duplicate_policy_names_across_files_name_both() {
     let a = parse(&doc(GOOD), "a.yaml", CAPS).expect("a");
