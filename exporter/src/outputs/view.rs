@@ -116,8 +116,28 @@ fn command(ev: &Event) -> String {
     }
 }
 
-/// One line per event, emoji first.
+/// The enforcement taken on this very event, so the kill or deny shows on
+/// the line of the open, exec or connect that caused it, not only on the
+/// later exit: ` ☠️ kill policy/rule`, ` 🛑 deny policy/rule`.
+fn verdict(ev: &Event) -> String {
+    let mark = match ev.action.as_deref() {
+        Some("kill") => "☠️ kill",
+        Some("deny") => "🛑 deny",
+        _ => return String::new(),
+    };
+    match (&ev.policy, &ev.rule) {
+        (Some(p), Some(r)) => format!(" {mark} {p}/{r}"),
+        _ => format!(" {mark}"),
+    }
+}
+
+/// One line per event, emoji first; the verdict, if any, last.
 pub fn compact(ev: &Event) -> String {
+    let line = compact_line(ev);
+    line + &verdict(ev)
+}
+
+fn compact_line(ev: &Event) -> String {
     let who = who(ev);
     match ev.kind {
         Kind::Exec => format!("🚀 exec    {who} {}", command(ev)),
@@ -192,6 +212,7 @@ mod tests {
                 gid: 0,
                 comm: "cat".into(),
                 binary: Some("/usr/bin/cat".into()),
+                executable: Some("/usr/bin/cat".into()),
                 args: vec!["cat".into(), "/etc/passwd".into()],
                 args_truncated: false,
                 cwd: Some("/".into()),
@@ -211,6 +232,7 @@ mod tests {
             policy: None,
             rule: None,
             action: None,
+            matched_on: None,
         }
     }
 
@@ -221,6 +243,7 @@ mod tests {
         let mut f = ev(Kind::File);
         f.file = Some(File {
             path: "/etc/shadow".into(),
+            requested: None,
             operation: "read".into(),
             flags: vec![],
             syscall: "openat".into(),
@@ -230,6 +253,11 @@ mod tests {
             path_truncated: false,
         });
         assert_eq!(compact(&f), "📚 read     default/xwing /usr/bin/cat /etc/shadow ⛔ EACCES");
+        f.file.as_mut().expect("file").result = "ok".into();
+        (f.policy, f.rule, f.action) = (Some("creds".into()), Some("shadow".into()), Some("kill".into()));
+        assert_eq!(compact(&f), "📚 read     default/xwing /usr/bin/cat /etc/shadow ☠️ kill creds/shadow");
+        f.action = Some("log".into());
+        assert_eq!(compact(&f), "📚 read     default/xwing /usr/bin/cat /etc/shadow");
     }
 
     #[test]
