@@ -27,6 +27,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.path.join(ROOT, "target", "release", "podwatch")
 UNMATCHED = "/etc/hostname"  # no rule of the built-in policy matches it
 MATCHED = "/etc/shadow"  # the built-in policy's `credential-files` rule logs it (host and pods)
+# The built-in policy plus a kill rule on a file the loops never touch: with a
+# kill rule guarding a file, every read through a descriptor is checked.
+KILL_RULE = """apiVersion: podwatch.dev/v1alpha1
+kind: Policy
+metadata:
+  name: bench-kill
+spec:
+  selector: {host: true}
+  rules:
+  - name: gshadow-readers
+    action: kill
+    file: {exact: [/etc/gshadow], operations: [read]}
+"""
+
+
+def armed_policy_dir():
+    d = tempfile.mkdtemp(prefix="podwatch-bench-policies-")
+    with open(os.path.join(ROOT, "policies", "builtin", "default.yaml")) as f:
+        default = f.read()
+    with open(os.path.join(d, "default.yaml"), "w") as f:
+        f.write(default)
+    with open(os.path.join(d, "kill.yaml"), "w") as f:
+        f.write(KILL_RULE)
+    return d
 
 # bpftrace doing what a per-cgroup counting agent minimally does on the same
 # hooks: stash at syscall entry, one map update at exit; one map update per
@@ -157,6 +181,7 @@ def main():
     ap.add_argument("--opens", type=int, default=200_000)
     ap.add_argument("--execs", type=int, default=2_000)
     ap.add_argument("--connects", type=int, default=20_000)
+    ap.add_argument("--reads", type=int, default=200_000)
     ap.add_argument("--baseline-agent", help="another podwatch binary (e.g. the previous commit's) measured in the same rounds")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -169,9 +194,16 @@ def main():
         "openat+close, path a `log` rule matches": ("open", str(a.opens), MATCHED),
         "fork + exec (static noop)": ("exec", str(a.execs)),
         "TCP connect+close on loopback": ("connect", str(a.connects), port),
+        "pread of an open file": ("read", str(a.reads), UNMATCHED),
     }
     # name -> constructor; alternated round by round, so drift hits all alike.
-    configs = {"none": Nothing, "podwatch": Podwatch, "bpftrace": Bpftrace}
+    armed = armed_policy_dir()
+    configs = {
+        "none": Nothing,
+        "podwatch": Podwatch,
+        "podwatch, a kill rule armed": lambda: Podwatch("podwatch, a kill rule armed", extra=("--policy-dir", armed)),
+        "bpftrace": Bpftrace,
+    }
     if a.baseline_agent:
         configs["podwatch before"] = lambda: Podwatch("podwatch before", a.baseline_agent)
     agents = [n for n in configs if n.startswith("podwatch")]
@@ -250,8 +282,9 @@ def main():
     for (n, k), v in rss.items():
         print(f"- {n}: RSS {k} {v:.1f} MiB")
 
-    for n in agents:
-        rate_test(a, n, a.baseline_agent if n == "podwatch before" else AGENT)
+    for n in ("podwatch", "podwatch before"):
+        if n in agents:
+            rate_test(a, n, a.baseline_agent if n == "podwatch before" else AGENT)
 
 
 def rate_test(a, name, binary):

@@ -3,10 +3,20 @@
  *   workload exec N        fork + execve(self, "noop") N times
  *   workload noop          exit 0
  *   workload open N PATH [US]  open(PATH, O_RDONLY) + close, N times, US microseconds apart
+ *   workload read N PATH     open PATH once, then pread(2) one byte N times
  *   workload connect N PORT  N TCP connects to 127.0.0.1:PORT, each closed at once
  *   workload serve PORT      accept and close TCP connections on 127.0.0.1:PORT (0: any
  *                            free port) until killed; prints the port once listening
+ * Ways around a policy (tests/integration/evasion.rs); each exits 10 when the
+ * protected content reached user space, 0 when the trick was refused, 3+ on a setup error:
+ *   workload uring-read PATH     open PATH with io_uring's IORING_OP_OPENAT, then read(2) it
+ *   workload handle-read PATH    name_to_handle_at + open_by_handle_at(PATH), then read(2) it
+ *   workload read-fd FD [HOW]    read an inherited descriptor with HOW: read (default),
+ *                                pread, readv, sendfile (to /dev/null), mmap
+ *   workload create PATH         creat(PATH): proof that this binary ran
+ *   workload fexec BIN MARKER    fexecve(open(BIN)) as "BIN create MARKER"
  */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -16,11 +26,110 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <errno.h>
+#include <linux/io_uring.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/uio.h>
+#include <sys/syscall.h>
+
+/* One IORING_OP_OPENAT through a fresh ring, without liburing: the result the
+ * completion carries (a descriptor, or -errno; -1000 - errno on setup failure). */
+static int uring_openat(const char *path) {
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    int ring = (int)syscall(__NR_io_uring_setup, 4, &p);
+    if (ring < 0) return -1000 - errno;
+    size_t sq_sz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_sz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    int single = (p.features & IORING_FEAT_SINGLE_MMAP) != 0;
+    if (single && cq_sz > sq_sz) sq_sz = cq_sz;
+    char *sq = mmap(NULL, sq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQ_RING);
+    char *cq = single ? sq
+                      : mmap(NULL, cq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_CQ_RING);
+    struct io_uring_sqe *sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                                     MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED) return -1000 - errno;
+    unsigned *sq_tail = (unsigned *)(sq + p.sq_off.tail), *sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    unsigned *sq_array = (unsigned *)(sq + p.sq_off.array);
+    unsigned *cq_head = (unsigned *)(cq + p.cq_off.head), *cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    unsigned *cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    struct io_uring_cqe *cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    unsigned tail = *sq_tail, idx = tail & *sq_mask;
+    struct io_uring_sqe *sqe = &sqes[idx];
+    memset(sqe, 0, sizeof *sqe);
+    sqe->opcode = IORING_OP_OPENAT;
+    sqe->fd = AT_FDCWD;
+    sqe->addr = (unsigned long)path;
+    sqe->open_flags = O_RDONLY;
+    sq_array[idx] = idx;
+    __atomic_store_n(sq_tail, tail + 1, __ATOMIC_RELEASE);
+    if (syscall(__NR_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0) return -1000 - errno;
+    unsigned head = __atomic_load_n(cq_head, __ATOMIC_ACQUIRE);
+    if (head == __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE)) return -1000;
+    return cqes[head & *cq_mask].res;
+}
+
+/* 10 when a byte of fd reached user space. */
+static int read_one(int fd) {
+    char c;
+    return read(fd, &c, 1) == 1 ? 10 : 0;
+}
 
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     if (strcmp(argv[1], "noop") == 0) return 0;
     if (argc < 3) return 2;
+    if (strcmp(argv[1], "uring-read") == 0) {
+        int fd = uring_openat(argv[2]);
+        if (fd <= -1000) {
+            fprintf(stderr, "io_uring: %s\n", strerror(-(fd + 1000)));
+            return 3;
+        }
+        return fd < 0 ? 0 : read_one(fd);
+    }
+    if (strcmp(argv[1], "handle-read") == 0) {
+        struct file_handle *fh = malloc(sizeof *fh + MAX_HANDLE_SZ);
+        int mount_id;
+        fh->handle_bytes = MAX_HANDLE_SZ;
+        if (name_to_handle_at(AT_FDCWD, argv[2], fh, &mount_id, 0) != 0) return 3;
+        int mfd = open("/", O_RDONLY | O_DIRECTORY);
+        if (mfd < 0) return 4;
+        int fd = open_by_handle_at(mfd, fh, O_RDONLY);
+        return fd < 0 ? 0 : read_one(fd);
+    }
+    if (strcmp(argv[1], "read-fd") == 0) {
+        int fd = atoi(argv[2]);
+        const char *how = argc >= 4 ? argv[3] : "read";
+        char c;
+        if (strcmp(how, "read") == 0) return read_one(fd);
+        if (strcmp(how, "pread") == 0) return pread(fd, &c, 1, 0) == 1 ? 10 : 0;
+        if (strcmp(how, "readv") == 0) {
+            struct iovec v = {&c, 1};
+            return readv(fd, &v, 1) == 1 ? 10 : 0;
+        }
+        if (strcmp(how, "sendfile") == 0) {
+            int out = open("/dev/null", O_WRONLY);
+            return out >= 0 && sendfile(out, fd, NULL, 1) == 1 ? 10 : 0;
+        }
+        if (strcmp(how, "mmap") == 0) {
+            char *m = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+            return m != MAP_FAILED && m[0] != 0 ? 10 : 0;
+        }
+        return 2;
+    }
+    if (strcmp(argv[1], "create") == 0) {
+        int fd = creat(argv[2], 0644);
+        return fd < 0 ? 3 : 0;
+    }
+    if (strcmp(argv[1], "fexec") == 0 && argc >= 4) {
+        int fd = open(argv[2], O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return 3;
+        char *args[] = {argv[2], "create", argv[3], NULL};
+        char *env[] = {NULL};
+        fexecve(fd, args, env);
+        return 4;
+    }
     if (strcmp(argv[1], "serve") == 0) {
         struct sockaddr_in a = {0};
         socklen_t len = sizeof a;
@@ -61,6 +170,14 @@ int main(int argc, char **argv) {
             close(fd);
             if (pause_us > 0) usleep((useconds_t)pause_us);
         }
+        return 0;
+    }
+    if (strcmp(argv[1], "read") == 0 && argc >= 4) {
+        int fd = open(argv[3], O_RDONLY);
+        char c;
+        if (fd < 0) return 1;
+        for (long i = 0; i < n; i++)
+            if (pread(fd, &c, 1, 0) != 1) return 1;
         return 0;
     }
     if (strcmp(argv[1], "connect") == 0 && argc >= 4) {
