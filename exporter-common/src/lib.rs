@@ -47,6 +47,16 @@ pub mod flags {
     pub const DIR_TRUNCATED: u16 = 1 << 2;
     /// A kernel read failed; some fields are missing.
     pub const READ_FAILED: u16 = 1 << 3;
+    /// The path a policy judges could not be resolved or compared (deeper
+    /// than `MAX_PATH_DEPTH`, longer than `policy::MAX_MATCH_PATH`, or a failed
+    /// walk): the event is logged as such instead of passing unmatched.
+    pub const PATH_UNRESOLVED: u16 = 1 << 4;
+    /// Exec: the verdict came from the resolved path of the executed file,
+    /// not from the path string the process passed.
+    pub const MATCHED_EXECUTABLE: u16 = 1 << 5;
+    /// The verdict came from the file's identity (device + inode of the file
+    /// or of a directory above it), not from its name.
+    pub const MATCHED_IDENTITY: u16 = 1 << 6;
 }
 
 /// Which open-family syscall a `FileOpen` record came from.
@@ -55,6 +65,21 @@ pub mod open_syscall {
     pub const OPENAT: u32 = 1;
     pub const OPENAT2: u32 = 2;
     pub const CREAT: u32 = 3;
+    pub const OPEN_BY_HANDLE_AT: u32 = 4;
+    /// io_uring's IORING_OP_OPENAT / IORING_OP_OPENAT2, seen at completion.
+    pub const IO_URING_OPENAT: u32 = 5;
+    pub const IO_URING_OPENAT2: u32 = 6;
+    /// A read through a descriptor (opened elsewhere: inherited, passed over
+    /// a unix socket) of a file a kill rule guards: the syscall that tried.
+    pub const READ: u32 = 7;
+    pub const READV: u32 = 8;
+    pub const PREAD64: u32 = 9;
+    pub const PREADV: u32 = 10;
+    pub const PREADV2: u32 = 11;
+    pub const SENDFILE: u32 = 12;
+    pub const SPLICE: u32 = 13;
+    pub const COPY_FILE_RANGE: u32 = 14;
+    pub const MMAP: u32 = 15;
 }
 
 /// Indexes of the kernel-side counters in the `STATS` per-CPU array.
@@ -134,6 +159,37 @@ pub const fn file_op(flags: u64) -> u8 {
     }
 }
 
+/// Every operation an open performs, one bit per `file_op` (`1 << op`), for
+/// policy matching: `O_RDWR` is a read and a write, `O_CREAT` on an existing
+/// file still opens it for its access mode, `O_PATH` neither reads nor writes.
+/// (`file_op` keeps one word for the counters; a rule matches an open when
+/// the two share a bit, so `O_RDWR` cannot dodge a read rule.)
+pub const fn file_ops(flags: u64) -> u8 {
+    const O_ACCMODE: u64 = 0o3;
+    const O_CREAT: u64 = 0o100;
+    const O_TRUNC: u64 = 0o1000;
+    const O_PATH: u64 = 0o10000000;
+    if flags & O_PATH != 0 {
+        return 1 << file_op::OPEN;
+    }
+    let mode = flags & O_ACCMODE;
+    let mut ops = 0u8;
+    // 3 is Linux's "no access, ioctl only" mode: treat it as both, the safe side.
+    if mode != 1 {
+        ops |= 1 << file_op::READ;
+    }
+    if mode != 0 {
+        ops |= 1 << file_op::WRITE;
+    }
+    if flags & O_CREAT != 0 {
+        ops |= 1 << file_op::CREATE;
+    }
+    if flags & O_TRUNC != 0 {
+        ops |= 1 << file_op::TRUNCATE;
+    }
+    ops
+}
+
 /// Key of the in-kernel per-cgroup counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -188,9 +244,13 @@ pub fn path_hash(path: &[u8]) -> u64 {
 /// active one, flips `PolicyConfig::active`, then deletes the old entries, so
 /// the kernel always matches against one complete set.
 pub mod policy {
-    /// Bytes of a path a policy can match on: LPM keys hold at most 256 data
-    /// bytes (LPM_DATA_SIZE_MAX), one for the generation, one for the NUL.
+    /// Bytes of a rule's path: LPM keys hold at most 256 data bytes
+    /// (LPM_DATA_SIZE_MAX), one for the generation, one for the NUL.
     pub const PATH_KEY: usize = 254;
+    /// Longest path the kernel resolves for matching. Longer than `PATH_KEY`:
+    /// a path's leading `PATH_KEY` bytes still meet prefix and directory
+    /// rules, its trailing ones suffix rules. Longer still is "unresolved".
+    pub const MAX_MATCH_PATH: usize = 1023;
     /// Rule refs per trie entry.
     pub const REFS: usize = 8;
     /// Policies per generation (bits of a cgroup's mask).
@@ -230,6 +290,48 @@ pub struct MatchSet {
     pub refs: [RuleRef; policy::REFS],
 }
 
+/// Key of the identity map: a file or directory a rule names, by device and
+/// inode, so a hardlink or a bind mount of it meets the rule under any name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub ino: u64,
+    /// The kernel's `dev_t` (`MKDEV(major, minor)`: major << 20 | minor).
+    pub dev: u32,
+    pub gen: u8,
+    /// `identity::*`: which rules the entry holds.
+    pub role: u8,
+    pub _pad: u16,
+}
+
+/// Identity entries and the roles they play (`InodeKey::role`, and the
+/// per-generation bits of `PolicyConfig::identity`).
+pub mod identity {
+    /// The file a file rule names (exact, or a directory rule's directory itself).
+    pub const FILE_SELF: u8 = 0;
+    /// A directory everything below which a file rule covers.
+    pub const FILE_DIR: u8 = 1;
+    /// The binary an exec rule names.
+    pub const EXEC_SELF: u8 = 2;
+    /// A directory everything below which an exec rule covers.
+    pub const EXEC_DIR: u8 = 3;
+    /// Words in the prefilter: one bit per hashed inode number, tested
+    /// before a hash-map lookup for every directory a path walk passes.
+    pub const FILTER_WORDS: u32 = 1024;
+
+    /// The prefilter bit of an inode number.
+    pub const fn filter_bit(ino: u64) -> u32 {
+        (ino.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32
+    }
+
+    /// A userspace `st_dev` (glibc's encoding) as the kernel's `dev_t`.
+    pub const fn kernel_dev(st_dev: u64) -> u32 {
+        let major = ((st_dev >> 8) & 0xfff) | ((st_dev >> 32) & !0xfff);
+        let minor = (st_dev & 0xff) | ((st_dev >> 12) & !0xff);
+        ((major << 20) | (minor & 0xfffff)) as u32
+    }
+}
+
 /// Path trie keys are `Key<[u8; PATH_KEY_LEN]>`: data[0] is the generation,
 /// then the path. Exact paths are stored with their NUL (`/etc/shadow\0`),
 /// prefixes without; suffix tries hold reversed paths.
@@ -248,6 +350,12 @@ pub struct PolicyConfig {
     pub filter: u32,
     /// Masks for cgroups absent from the cgroup map (host processes), per generation.
     pub default_masks: [u64; 2],
+    /// Per generation, `1 << identity::*` for each role the identity map
+    /// holds entries of: the probes skip identity checks nobody asked for.
+    pub identity: [u32; 2],
+    /// Per generation, 1 when some kill rule guards a file by identity:
+    /// reads through descriptors opened elsewhere are then checked.
+    pub guard_reads: [u32; 2],
 }
 
 pub const AF_INET: u16 = 2;
@@ -278,7 +386,9 @@ pub struct Header {
     pub _pad: [u8; 5],
 }
 
-/// Tail: filename, argv block (NUL-separated), cwd components (reversed).
+/// Tail: filename (as the process passed it), argv block (NUL-separated),
+/// cwd components (reversed), then the executed file's resolved absolute path
+/// (`mm->exe_file`: symlinks, `..`, relative paths and `/dev/fd/N` resolved).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Exec {
@@ -287,6 +397,8 @@ pub struct Exec {
     pub filename_len: u32,
     pub args_len: u32,
     pub cwd_len: u32,
+    pub exe_len: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -304,8 +416,10 @@ pub struct Fork {
     pub parent_tgid: u32,
 }
 
-/// Tail: path as the process passed it, then (only when that path is relative)
-/// the base directory's components, reversed.
+/// Tail: path as the process passed it (none for open_by_handle_at and
+/// io_uring), then (only when that path is relative) the base directory's
+/// components, reversed, then the opened file's resolved absolute path when
+/// the kernel resolved it to judge the open (a policy applies to the cgroup).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FileOpen {
@@ -318,6 +432,8 @@ pub struct FileOpen {
     pub ret: i32,
     pub path_len: u32,
     pub dir_len: u32,
+    pub resolved_len: u32,
+    pub _pad: u32,
 }
 
 /// Connect, accept, close and UDP destinations. Addresses are in network byte
@@ -387,6 +503,17 @@ pub struct KernelOffsets {
     pub file_private_data: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    /// `mm_struct.exe_file`: the file the process image was loaded from.
+    pub mm_exe_file: u32,
+    /// `dentry.d_inode` (right after `d_name`: read with it), `file.f_inode`,
+    /// `inode.i_ino`, `inode.i_sb`, `super_block.s_dev`: a file's identity.
+    pub dentry_inode: u32,
+    pub file_inode: u32,
+    /// `file.f_mode` (FMODE_READ: the descriptor can read).
+    pub file_mode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
     pub socket_sk: u32,
     pub skc_daddr: u32,
     pub skc_rcv_saddr: u32,
@@ -402,6 +529,25 @@ pub struct KernelOffsets {
     /// Offset of `group_dead` in the `sched_process_exit` tracepoint record
     /// (from its format file; the field is recent). 0 = absent.
     pub tp_exit_group_dead: u32,
+    /// `io_kiocb.opcode`, and `io_open.file_slot` / `io_open.how` (an
+    /// openat request's arguments, at the start of its `io_kiocb`).
+    pub io_kiocb_opcode: u32,
+    pub io_open_file_slot: u32,
+    pub io_open_how: u32,
+    /// Offsets of `req` and `res` in the `io_uring_complete` tracepoint
+    /// record (from its format file: `req` exists since 5.19).
+    pub tp_uring_req: u32,
+    pub tp_uring_res: u32,
+    /// A new cgroup's parent and the hierarchy it is in: `cgroup.self`
+    /// (its `cgroup_subsys_state`), `.kn`, `.root`; `css.parent`, `css.cgroup`;
+    /// `kernfs_node.id` (the cgroup id); `cgroup_root.hierarchy_id`.
+    pub cgroup_self: u32,
+    pub cgroup_kn: u32,
+    pub cgroup_root: u32,
+    pub css_parent: u32,
+    pub css_cgroup: u32,
+    pub kernfs_node_id: u32,
+    pub cgroup_root_hierarchy_id: u32,
 }
 
 /// `KernelOffsets::available` bits.
@@ -419,6 +565,16 @@ pub mod offsets {
     pub const SOCK: u32 = 1 << 4;
     /// tcp_sock byte counters, sk_err and sk_shutdown.
     pub const TCP_STATS: u32 = 1 << 5;
+    /// mm_struct.exe_file: the executed file's resolved path.
+    pub const EXE: u32 = 1 << 6;
+    /// io_kiocb/io_open and the io_uring_complete record's req and res.
+    pub const URING: u32 = 1 << 7;
+    /// cgroup, cgroup_subsys_state, kernfs_node, cgroup_root: a new
+    /// cgroup's parent, to inherit its policy mask in the kernel.
+    pub const CGROUPS: u32 = 1 << 8;
+    /// dentry.d_inode next to d_name, file.f_inode, inode.i_ino/i_sb,
+    /// super_block.s_dev: rules matched by identity.
+    pub const IDENTITY: u32 = 1 << 9;
 }
 
 #[cfg(feature = "user")]
@@ -434,6 +590,8 @@ mod user {
     unsafe impl aya::Pod for MatchSet {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PolicyConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for InodeKey {}
 }
 
 /// Fixed part of a record of each kind: header + payload.
@@ -456,3 +614,38 @@ const _: () = assert!(core::mem::size_of::<Header>() == 64);
 const _: () = assert!(core::mem::size_of::<CounterKey>() == 24);
 const _: () = assert!(SCRATCH_SIZE <= 32768);
 const _: () = assert!(MAX_RECORD.is_power_of_two());
+
+#[cfg(test)]
+mod tests {
+    use super::{file_op, file_ops};
+
+    #[test]
+    fn kernel_dev_is_mkdev() {
+        use super::identity::kernel_dev;
+        // glibc makedev(8, 1) = 0x801; the kernel's MKDEV(8, 1) = 8 << 20 | 1.
+        assert_eq!(kernel_dev(0x801), (8 << 20) | 1);
+        // makedev(259, 300): major above 255, minor above 255.
+        let (major, minor) = (259u64, 300u64);
+        let glibc =
+            ((major & 0xfff) << 8) | ((major & !0xfff) << 32) | (minor & 0xff) | ((minor & !0xff) << 12);
+        assert_eq!(kernel_dev(glibc), ((259 << 20) | 300) as u32);
+        // An anonymous device (overlayfs, tmpfs): major 0.
+        assert_eq!(kernel_dev(0x2d), 0x2d);
+    }
+
+    #[test]
+    fn file_ops_name_every_operation_an_open_performs() {
+        let bit = |op: u8| 1u8 << op;
+        assert_eq!(file_ops(0), bit(file_op::READ)); // O_RDONLY
+        assert_eq!(file_ops(0o1), bit(file_op::WRITE)); // O_WRONLY
+        assert_eq!(file_ops(0o2), bit(file_op::READ) | bit(file_op::WRITE)); // O_RDWR
+        assert_eq!(
+            file_ops(0o2 | 0o100),
+            bit(file_op::READ) | bit(file_op::WRITE) | bit(file_op::CREATE) // O_RDWR|O_CREAT
+        );
+        assert_eq!(file_ops(0o1 | 0o1000), bit(file_op::WRITE) | bit(file_op::TRUNCATE));
+        assert_eq!(file_ops(0o10000000 | 0o2), bit(file_op::OPEN)); // O_PATH ignores the mode
+                                                                    // The counters' single word is unchanged.
+        assert_eq!(file_op(0o2), file_op::WRITE);
+    }
+}

@@ -1,6 +1,7 @@
-//! File opens: open, openat, openat2, creat, seen once, at syscall exit,
-//! with the result, so refused opens (a denied read of /etc/shadow) are
-//! reported with their errno.
+//! File opens: open, openat, openat2, creat and open_by_handle_at, seen
+//! once, at syscall exit, with the result, so refused opens (a denied read of
+//! /etc/shadow) are reported with their errno; and io_uring's openat/openat2,
+//! which go through no syscall of their own, at their completion.
 //!
 //! No program runs at syscall entry: the arguments are read at exit from the
 //! registers the syscall entry saved on the task's kernel stack (the kernel
@@ -16,12 +17,15 @@
 use aya_ebpf::{
     helpers::generated::bpf_get_current_cgroup_id, macros::tracepoint, programs::TracePointContext,
 };
-use podwatch_common::{action, counter, file_op, kind, offsets, open_syscall, stat, FileOpen, AT_FDCWD};
+use podwatch_common::{
+    action, counter, file_op, file_ops, flags, kind, offsets, open_syscall, stat, FileOpen, AT_FDCWD,
+};
 
 use crate::{
     counters,
     kernel::{
-        current_task, fd_file, forward_path, has, off, path_at, push_cwd, push_fd_path, read, task_root,
+        current_task, fd_file, file_inode, forward_path, has, off, path_at, push_cwd, push_fd_path, read,
+        task_root,
     },
     policy,
     record::{count, current_is_agent, Record},
@@ -29,11 +33,15 @@ use crate::{
 
 /// What the open was asked to do.
 struct OpenArgs {
+    /// User pointer to the path string; 0 when there is none (a handle, io_uring).
     filename: u64,
     flags: u64,
     dfd: i32,
     mode: u32,
     syscall: u32,
+    /// False when the saved registers were not this syscall's: the open is
+    /// still counted and judged on its file, as every operation at once.
+    known: bool,
 }
 
 /// x86_64 `struct pt_regs` from r10 to orig_ax (offsets 56..128, the arch's
@@ -63,6 +71,11 @@ const NR_OPEN: u64 = 2;
 const NR_CREAT: u64 = 85;
 const NR_OPENAT: u64 = 257;
 const NR_OPENAT2: u64 = 437;
+const NR_OPEN_BY_HANDLE_AT: u64 = 304;
+
+// io_uring opcodes (stable ABI).
+const IORING_OP_OPENAT: u8 = 18;
+const IORING_OP_OPENAT2: u8 = 28;
 
 const O_WRONLY: u64 = 0o1;
 const O_CREAT: u64 = 0o100;
@@ -87,9 +100,14 @@ fn open_args(task: u64, syscall: u32) -> Result<OpenArgs, u32> {
         open_syscall::OPEN => (NR_OPEN, false),
         open_syscall::CREAT => (NR_CREAT, false),
         open_syscall::OPENAT => (NR_OPENAT, true),
+        open_syscall::OPEN_BY_HANDLE_AT => (NR_OPEN_BY_HANDLE_AT, true),
         _ => (NR_OPENAT2, true),
     };
     let r = syscall_regs(task, nr)?;
+    if syscall == open_syscall::OPEN_BY_HANDLE_AT {
+        // (mount_fd, handle, flags): no path string; the opened file says which it is.
+        return Ok(OpenArgs { filename: 0, flags: r.dx, dfd: r.di as i32, mode: 0, syscall, known: true });
+    }
     // The arguments after dfd (openat, openat2) or from the first (open, creat).
     let (dfd, filename, a1, a2) =
         if dfd_arg { (r.di as i32, r.si, r.dx, r.r10) } else { (AT_FDCWD, r.di, r.si, r.dx) };
@@ -106,7 +124,7 @@ fn open_args(task: u64, syscall: u32) -> Result<OpenArgs, u32> {
             (flags, mode)
         }
     };
-    Ok(OpenArgs { filename, flags, dfd, mode: mode as u32, syscall })
+    Ok(OpenArgs { filename, flags, dfd, mode: mode as u32, syscall, known: true })
 }
 
 #[inline(always)]
@@ -143,21 +161,80 @@ pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
     }
 }
 
+#[tracepoint]
+pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
+    match try_exit_open(&ctx, open_syscall::OPEN_BY_HANDLE_AT) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
 fn try_exit_open(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
     if current_is_agent() || !has(offsets::FILES) {
         return Ok(0);
     }
     let task = current_task();
-    let args = open_args(task, syscall)?;
     let ret = field(ctx, 16)? as i64;
+    let args = open_args(task, syscall).unwrap_or(OpenArgs {
+        filename: 0,
+        flags: 0,
+        dfd: AT_FDCWD,
+        mode: 0,
+        syscall,
+        known: false,
+    });
+    judge_open(task, ret, ret, &args)
+}
 
+/// io_uring's openat and openat2 run in the submitting task, a worker thread
+/// of its process or its SQ-poll thread — never through an open syscall. At
+/// completion the descriptor is installed in the process's table (the
+/// threads share it), so the open is judged like any other and a kill lands
+/// before the process sees the completion. An open into a fixed-file slot
+/// (a "direct descriptor") installs nothing there: it is reported unresolved.
+#[tracepoint]
+pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
+    match try_uring_complete(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_uring_complete(ctx: &TracePointContext) -> Result<u32, u32> {
+    if current_is_agent() || !has(offsets::FILES | offsets::URING) {
+        return Ok(0);
+    }
+    let req = field(ctx, off!(tp_uring_req) as usize)?;
+    let opcode: u8 = read(req, off!(io_kiocb_opcode))?;
+    let syscall = match opcode {
+        IORING_OP_OPENAT => open_syscall::IO_URING_OPENAT,
+        IORING_OP_OPENAT2 => open_syscall::IO_URING_OPENAT2,
+        _ => return Ok(0),
+    };
+    let res_at = off!(tp_uring_res) as usize;
+    // SAFETY: reading a field of the tracepoint record.
+    let res: i32 = unsafe { ctx.read_at::<i32>(res_at) }.map_err(|_| 0u32)?;
+    // open_how { flags, mode, resolve } (openat's arguments are stored in it too).
+    let flags: u64 = read(req, off!(io_open_how))?;
+    let mode: u64 = read(req, off!(io_open_how) + 8)?;
+    let slot: u32 = read(req, off!(io_open_file_slot))?;
+    let args = OpenArgs { filename: 0, flags, dfd: AT_FDCWD, mode: mode as u32, syscall, known: true };
+    // A direct descriptor succeeded (res 0) but there is no fd to resolve.
+    let fd = if slot != 0 { -1 } else { res as i64 };
+    judge_open(current_task(), res as i64, fd, &args)
+}
+
+/// Judges, counts and (when it is to be sent) records an open whose result
+/// is `ret`; `fd` is the descriptor to resolve the opened file from (-1: none).
+#[inline(always)]
+fn judge_open(task: u64, ret: i64, fd: i64, args: &OpenArgs) -> Result<u32, u32> {
     // The verdict and the counter come first, from the cheapest facts: the
     // record (the user's string, the cwd walk) is built only when it is sent.
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let failed = (ret < 0) as u8;
-    let op = file_op(args.flags);
-    let verdict = match_open(task, ret, args.filename, cgroup_id, 1u8 << op);
+    let (op, ops) =
+        if args.known { (file_op(args.flags), file_ops(args.flags)) } else { (file_op::OPEN, 0x1f) };
+    let judged = match_open(task, ret, fd, args.filename, cgroup_id, ops);
+    let verdict = judged.verdict;
     let mut k = counters::key(cgroup_id, counter::FILE, op, failed, 0);
     k.rule = verdict.rule;
     k.action = verdict.action;
@@ -174,15 +251,31 @@ fn try_exit_open(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
 
     let mut rec = Record::new(kind::FILE_OPEN).ok_or(0u32)?;
     rec.set_verdict(verdict.rule, verdict.action);
+    if judged.unresolved {
+        rec.flag(flags::PATH_UNRESOLVED);
+    }
+    if judged.by_identity {
+        rec.flag(flags::MATCHED_IDENTITY);
+    }
+    let resolved_len = judged.resolved_len;
     let path_start = rec.len();
-    let path_len = rec.push_user_str(args.filename);
+    let path_len = if args.filename != 0 { rec.push_user_str(args.filename) } else { 0 };
     let mut dir_len = 0;
-    if path_len > 0 && rec.byte_at(path_start) != b'/' {
+    // The directory a relative path is relative to is only needed when the
+    // resolved path is not already known.
+    if path_len > 0 && resolved_len == 0 && rec.byte_at(path_start) != b'/' {
         dir_len = if args.dfd == AT_FDCWD {
             push_cwd(&mut rec, task)
         } else {
             push_fd_path(&mut rec, task, args.dfd as i64)
         };
+    }
+    // The resolved path is still at the front of the policy scratch buffer.
+    let mut resolved = 0;
+    if resolved_len > 0 {
+        if let Some(buf) = policy::scratch() {
+            resolved = rec.push_kernel_bytes(buf, resolved_len);
+        }
     }
     let p: &mut FileOpen = rec.payload();
     p.syscall = args.syscall;
@@ -192,27 +285,157 @@ fn try_exit_open(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
     p.ret = ret as i32;
     p.path_len = path_len;
     p.dir_len = dir_len;
+    p.resolved_len = resolved;
     rec.emit();
     Ok(0)
 }
 
+/// How an open was judged.
+struct OpenVerdict {
+    verdict: policy::Verdict,
+    /// Its path could not be resolved: logged as such.
+    unresolved: bool,
+    /// The verdict came from the file's identity, not its name.
+    by_identity: bool,
+    /// Length of the resolved path left at the front of the policy scratch
+    /// buffer (0: none).
+    resolved_len: usize,
+}
+
+impl OpenVerdict {
+    const NONE: OpenVerdict = OpenVerdict {
+        verdict: policy::Verdict::NONE,
+        unresolved: false,
+        by_identity: false,
+        resolved_len: 0,
+    };
+    const UNRESOLVED: OpenVerdict = OpenVerdict {
+        verdict: policy::Verdict { rule: 0, action: action::LOG },
+        unresolved: true,
+        by_identity: false,
+        resolved_len: 0,
+    };
+}
+
 /// The policy verdict for an open. A successful open is matched on the
 /// opened file's own path (resolved: `..`, symlinks and relative paths cannot
-/// dodge a rule); a refused one on the path it asked for when that is absolute.
+/// dodge a rule) and on its identity (device and inode of the file and of
+/// every directory above it: a hardlink or bind mount cannot either); a
+/// refused one on the path it asked for when that is absolute (nothing was
+/// opened, so a relative refused open is only counted). A successful open
+/// whose path cannot be resolved, in a cgroup some policy applies to, is
+/// logged as unresolved rather than passed as unmatched.
 #[inline(always)]
-fn match_open(task: u64, ret: i64, filename: u64, cgroup_id: u64, ops: u8) -> policy::Verdict {
+fn match_open(task: u64, ret: i64, fd: i64, filename: u64, cgroup_id: u64, ops: u8) -> OpenVerdict {
+    let st = policy::state(cgroup_id);
     // No policy applies to this cgroup: no path work at all.
-    if policy::state(cgroup_id).1 == 0 {
-        return policy::Verdict::NONE;
+    if st.1 == 0 {
+        return OpenVerdict::NONE;
     }
-    let Some(buf) = policy::scratch() else { return policy::Verdict::NONE };
-    let len = if ret >= 0 {
-        let Ok(root) = task_root(task) else { return policy::Verdict::NONE };
-        let Ok(file) = fd_file(task, ret) else { return policy::Verdict::NONE };
-        let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else { return policy::Verdict::NONE };
-        forward_path(buf, dentry, mnt, root)
-    } else {
-        policy::user_path(buf, filename)
-    };
-    policy::match_file(buf, len, cgroup_id, ops)
+    let Some(buf) = policy::scratch() else { return OpenVerdict::NONE };
+    if ret < 0 {
+        if filename == 0 {
+            return OpenVerdict::NONE;
+        }
+        let len = policy::user_path(buf, filename);
+        return OpenVerdict { verdict: policy::match_file(buf, len, st, ops), ..OpenVerdict::NONE };
+    }
+    let Ok(root) = task_root(task) else { return OpenVerdict::UNRESOLVED };
+    let Ok(file) = fd_file(task, fd) else { return OpenVerdict::UNRESOLVED };
+    let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else { return OpenVerdict::UNRESOLVED };
+    policy::identity_begin(buf, st, ops, false);
+    let len = forward_path(buf, dentry, mnt, root);
+    let by_id = policy::unpack(policy::identity_scan(buf, file_inode(file)));
+    if len == 0 {
+        if by_id.action != action::NONE {
+            return OpenVerdict { verdict: by_id, by_identity: true, ..OpenVerdict::UNRESOLVED };
+        }
+        return OpenVerdict::UNRESOLVED;
+    }
+    let by_name = policy::match_file(buf, len, st, ops);
+    if by_id.action > by_name.action {
+        return OpenVerdict { verdict: by_id, by_identity: true, resolved_len: len, unresolved: false };
+    }
+    OpenVerdict { verdict: by_name, resolved_len: len, ..OpenVerdict::NONE }
+}
+
+/// Reads through a descriptor opened elsewhere — inherited across exec,
+/// passed over a unix socket, opened before the policy loaded — of a file a
+/// kill rule guards: the reader dies before the syscall returns to it, as it
+/// would have at the open. Checked at syscall entry, by the file's identity
+/// (no path walk); only while some kill rule guards a file, and only for
+/// descriptors open for reading. Each program is one syscall's entry: the
+/// descriptor is argument `$arg`.
+macro_rules! read_guards {
+    ($($name:ident => ($arg:expr, $syscall:expr)),* $(,)?) => {$(
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            match try_guard_read(&ctx, $arg, $syscall) {
+                Ok(v) | Err(v) => v,
+            }
+        }
+    )*};
+}
+
+read_guards! {
+    sys_enter_read => (0, open_syscall::READ),
+    sys_enter_readv => (0, open_syscall::READV),
+    sys_enter_pread64 => (0, open_syscall::PREAD64),
+    sys_enter_preadv => (0, open_syscall::PREADV),
+    sys_enter_preadv2 => (0, open_syscall::PREADV2),
+    sys_enter_sendfile64 => (1, open_syscall::SENDFILE),
+    sys_enter_splice => (0, open_syscall::SPLICE),
+    sys_enter_copy_file_range => (0, open_syscall::COPY_FILE_RANGE),
+    sys_enter_mmap => (4, open_syscall::MMAP),
+}
+
+/// `FMODE_READ`.
+const FMODE_READ: u32 = 1;
+
+fn try_guard_read(ctx: &TracePointContext, arg: usize, syscall: u32) -> Result<u32, u32> {
+    // The cheapest fact first: an array read, on every read on the node.
+    if !policy::guarding_reads() || current_is_agent() || !has(offsets::FILES | offsets::IDENTITY) {
+        return Ok(0);
+    }
+    // sys_enter_* records: the syscall number at 8, the arguments from 16.
+    let fd = field(ctx, 16 + 8 * arg)? as i64;
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let st = policy::state(cgroup_id);
+    if st.1 == 0 {
+        return Ok(0);
+    }
+    let task = current_task();
+    let file = fd_file(task, fd)?;
+    let mode: u32 = read(file, off!(file_mode))?;
+    if mode & FMODE_READ == 0 {
+        return Ok(0);
+    }
+    let buf = policy::scratch().ok_or(0u32)?;
+    policy::identity_begin(buf, st, 1 << file_op::READ, false);
+    let verdict = policy::unpack(policy::identity_scan(buf, file_inode(file)));
+    if verdict.action != action::KILL {
+        return Ok(0); // opens are where files are logged; reads only enforce
+    }
+    // SAFETY: helper with a signal number.
+    unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
+    let mut k = counters::key(cgroup_id, counter::FILE, file_op::READ, 0, 0);
+    k.rule = verdict.rule;
+    k.action = verdict.action;
+    counters::add(&k, 0, 0);
+    let mut rec = Record::new(kind::FILE_OPEN).ok_or(0u32)?;
+    rec.set_verdict(verdict.rule, verdict.action);
+    rec.flag(flags::MATCHED_IDENTITY);
+    let mut resolved = 0;
+    if let (Ok(root), Ok((dentry, mnt))) = (task_root(task), path_at(file, off!(file_path))) {
+        let len = forward_path(buf, dentry, mnt, root);
+        resolved = rec.push_kernel_bytes(buf, len);
+    }
+    let p: &mut FileOpen = rec.payload();
+    p.syscall = syscall;
+    p.dfd = AT_FDCWD;
+    p.ret = fd as i32;
+    p.resolved_len = resolved;
+    rec.emit();
+    Ok(0)
 }

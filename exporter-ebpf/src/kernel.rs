@@ -39,6 +39,13 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     file_private_data: 0,
     mm_arg_start: 0,
     mm_arg_end: 0,
+    mm_exe_file: 0,
+    dentry_inode: 0,
+    file_inode: 0,
+    file_mode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
     socket_sk: 0,
     skc_daddr: 0,
     skc_rcv_saddr: 0,
@@ -52,6 +59,18 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     tcp_bytes_received: 0,
     tcp_bytes_sent: 0,
     tp_exit_group_dead: 0,
+    io_kiocb_opcode: 0,
+    io_open_file_slot: 0,
+    io_open_how: 0,
+    tp_uring_req: 0,
+    tp_uring_res: 0,
+    cgroup_self: 0,
+    cgroup_kn: 0,
+    cgroup_root: 0,
+    css_parent: 0,
+    css_cgroup: 0,
+    kernfs_node_id: 0,
+    cgroup_root_hierarchy_id: 0,
 };
 
 /// Reads one offset. Volatile so the compiler cannot fold the zero initialiser;
@@ -112,15 +131,26 @@ struct DentryLink {
     _hash: u32,
     len: u32,
     name: u64,
+    /// `d_inode`, right after `d_name` on every kernel (the loader checks it
+    /// before it turns identity matching on).
+    inode: u64,
 }
 
 /// Walks a path from `dentry` up `d_parent`, crossing mounts through
 /// `mount.mnt_parent` / `mnt_mountpoint`, to the task's root (so chroots and
 /// container roots give the path as the process sees it). Calls `visit(name,
-/// len)` for each component, leaf first; `visit` returns false to stop.
+/// len, inode)` for each component, leaf first; `visit` returns false to
+/// stop. Calls `mount_root(dentry)` for the root of each mount it leaves (a
+/// bind mount's source directory, which has no name of its own on the path).
 /// Returns true when the root was reached.
 #[inline(always)]
-fn walk_path(dentry: u64, vfsmnt: u64, root: (u64, u64), mut visit: impl FnMut(u64, u32) -> bool) -> bool {
+fn walk_path(
+    dentry: u64,
+    vfsmnt: u64,
+    root: (u64, u64),
+    mut visit: impl FnMut(u64, u32, u64) -> bool,
+    mut mount_root: impl FnMut(u64),
+) -> bool {
     let mut dentry = dentry;
     let mut vfsmnt = vfsmnt;
     let mut mnt = vfsmnt.wrapping_sub(off!(mount_mnt));
@@ -131,6 +161,7 @@ fn walk_path(dentry: u64, vfsmnt: u64, root: (u64, u64), mut visit: impl FnMut(u
             return true;
         }
         if dentry == mnt_root {
+            mount_root(dentry);
             // Top of this mount: continue from where it is mounted.
             let Ok(parent) = read::<u64>(mnt, off!(mount_parent)) else { return false };
             if parent == mnt {
@@ -148,7 +179,7 @@ fn walk_path(dentry: u64, vfsmnt: u64, root: (u64, u64), mut visit: impl FnMut(u
         if link.parent == dentry {
             return true;
         }
-        if !visit(link.name, link.len) {
+        if !visit(link.name, link.len, link.inode) {
             return false;
         }
         dentry = link.parent;
@@ -161,56 +192,83 @@ fn walk_path(dentry: u64, vfsmnt: u64, root: (u64, u64), mut visit: impl FnMut(u
 #[inline(never)]
 pub fn push_path(rec: &mut Record, dentry: u64, vfsmnt: u64, root: (u64, u64)) -> u32 {
     let start = rec.len();
-    let reached_root =
-        walk_path(dentry, vfsmnt, root, |name, _len| rec.push_kernel_str(name, MAX_NAME as u32) != 0);
+    let reached_root = walk_path(
+        dentry,
+        vfsmnt,
+        root,
+        |name, _len, _inode| rec.push_kernel_str(name, MAX_NAME as u32) != 0,
+        |_| {},
+    );
     if !reached_root {
         rec.flag(flags::DIR_TRUNCATED);
     }
     (rec.len() - start) as u32
 }
 
+/// Room `forward_path` needs in its caller's buffer: the path at the front,
+/// the window it is assembled in backwards, and the write position.
+pub const FORWARD_WINDOW: usize = 1024;
+pub const FORWARD_POS: usize = 3072;
+
 /// Writes the absolute path of (dentry, vfsmnt) into `out[0..len]` (no NUL),
 /// for policy matching. Components are written backwards from the end of the
-/// 256-byte window `out[256..512]` (the caller's buffer is 512 bytes), then
-/// moved to the front. Returns the length, 0 when the path is longer than the
-/// window or the walk failed: such a path matches no rule. (A plain length,
-/// not an Option: BPF calls have five argument registers and no stack arguments.)
+/// window `out[1024..2048]`, then moved to the front. Returns the length, 0
+/// when the path is longer than `MAX_MATCH_PATH` or deeper than
+/// `MAX_PATH_DEPTH`, or the walk failed: the caller reports such a path as
+/// unresolved. (A plain length, not an Option: BPF calls have five argument
+/// registers and no stack arguments.) When `policy::identity_begin` armed the
+/// buffer, the root of each mount the walk leaves is noted on the way for
+/// `policy::identity_scan` to check against the identity map (a directory
+/// a rule names, mounted elsewhere: a bind mount, a hostPath volume).
 #[inline(never)]
 pub fn forward_path(out: *mut u8, dentry: u64, vfsmnt: u64, root: (u64, u64)) -> usize {
-    const WINDOW: usize = 256;
-    // The write position lives in the buffer (bytes 1024..1028), read and
-    // written volatile: a value loaded from map memory is an unknown scalar to
-    // the verifier, so every iteration has the same state and the loop prunes.
-    // SAFETY: the caller's buffer is at least 1536 bytes.
-    let pos_slot = unsafe { out.add(1024) as *mut u32 };
+    const WINDOW: usize = FORWARD_WINDOW;
+    // The write position lives in the buffer, read and written volatile: a
+    // value loaded from map memory is an unknown scalar to the verifier, so
+    // every iteration has the same state and the loop prunes.
+    // SAFETY: the caller's buffer is at least FORWARD_POS + 4 bytes.
+    let pos_slot = unsafe { out.add(FORWARD_POS) as *mut u32 };
     let get = || unsafe { core::ptr::read_volatile(pos_slot) } as usize;
     let set = |v: usize| unsafe { core::ptr::write_volatile(pos_slot, v as u32) };
     set(WINDOW);
-    let reached_root = walk_path(dentry, vfsmnt, root, |name, len| {
-        let len = len as usize;
-        let pos = get();
-        if len == 0 || pos > WINDOW || len + 1 > pos {
-            set(0);
-            return false;
-        }
-        set(pos - len);
-        // Re-read before masking: LLVM would drop a mask it can prove redundant,
-        // and the verifier needs it to bound the offset.
-        let at = get() & (WINDOW - 1);
-        // SAFETY: WINDOW + at + len < 3 * WINDOW, inside the buffer.
-        unsafe {
-            bpf_probe_read_kernel(
-                out.add(WINDOW + at) as *mut c_void,
-                (len & (WINDOW - 1)) as u32,
-                name as *const c_void,
-            );
-        }
-        set(get().wrapping_sub(1));
-        let at = get() & (WINDOW - 1);
-        // SAFETY: as above.
-        unsafe { *out.add(WINDOW + at) = b'/' };
-        true
-    });
+    let identity = crate::policy::identity_armed(out);
+    let reached_root = walk_path(
+        dentry,
+        vfsmnt,
+        root,
+        |name, len, _inode| {
+            let len = len as usize;
+            let pos = get();
+            if len == 0 || pos > WINDOW || len + 1 > pos || len >= MAX_NAME {
+                set(0);
+                return false;
+            }
+            set(pos - len);
+            // Re-read before masking: LLVM would drop a mask it can prove redundant,
+            // and the verifier needs it to bound the offset.
+            let at = get() & (WINDOW - 1);
+            // SAFETY: WINDOW + at + len < 2 * WINDOW + MAX_NAME, inside the buffer.
+            unsafe {
+                bpf_probe_read_kernel(
+                    out.add(WINDOW + at) as *mut c_void,
+                    (len & (MAX_NAME - 1)) as u32,
+                    name as *const c_void,
+                );
+            }
+            set(get().wrapping_sub(1));
+            let at = get() & (WINDOW - 1);
+            // SAFETY: as above.
+            unsafe { *out.add(WINDOW + at) = b'/' };
+            true
+        },
+        |mount_root| {
+            if identity {
+                if let Ok(inode) = read::<u64>(mount_root, off!(dentry_inode)) {
+                    crate::policy::identity_note(out, inode);
+                }
+            }
+        },
+    );
     let pos = get();
     if !reached_root || pos == 0 || pos > WINDOW {
         return 0;
@@ -228,6 +286,31 @@ pub fn forward_path(out: *mut u8, dentry: u64, vfsmnt: u64, root: (u64, u64)) ->
         bpf_probe_read_kernel(out as *mut c_void, len as u32, out.add(WINDOW + at) as *const c_void);
     }
     len
+}
+
+/// The resolved path of the file a task's image was loaded from
+/// (`mm->exe_file`), into `out[0..len]` (0 when unavailable or
+/// unresolvable), and that `struct file *` (0 when unknown).
+#[inline(always)]
+pub fn exe_path(task: u64, out: *mut u8) -> (usize, u64) {
+    if !has(podwatch_common::offsets::EXE | podwatch_common::offsets::ARGS | podwatch_common::offsets::PATHS)
+    {
+        return (0, 0);
+    }
+    let Ok(root) = task_root(task) else { return (0, 0) };
+    let Ok(mm) = read::<u64>(task, off!(task_mm)) else { return (0, 0) };
+    let Ok(file) = read::<u64>(mm, off!(mm_exe_file)) else { return (0, 0) };
+    let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else { return (0, file) };
+    (forward_path(out, dentry, mnt, root), file)
+}
+
+/// A `struct file *`'s inode (0 when unknown or identity is off).
+#[inline(always)]
+pub fn file_inode(file: u64) -> u64 {
+    if file == 0 || !has(podwatch_common::offsets::IDENTITY) {
+        return 0;
+    }
+    read::<u64>(file, off!(file_inode)).unwrap_or(0)
 }
 
 /// (dentry, vfsmount) of a `struct path` embedded at `base + offset`.

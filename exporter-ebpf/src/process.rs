@@ -12,7 +12,7 @@ use podwatch_common::{
 
 use crate::{
     counters,
-    kernel::{current_task, has, off, parent_tgid, push_cwd, read},
+    kernel::{current_task, exe_path, file_inode, has, off, parent_tgid, push_cwd, read},
     policy,
     record::{current_is_agent, Record},
 };
@@ -51,14 +51,39 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         }
         key.binary = h;
     }
-    // Policy: match the exec'd path; a kill rule stops the new image before it runs.
+    // Policy: the path the process asked for and the resolved path of the
+    // file that actually runs (relative paths, `..`, symlinks, `/dev/fd/N`
+    // from fexecve, `/proc/self/root/...` all end there); the stronger verdict
+    // wins. A kill rule stops the new image before it runs.
     let mut verdict = policy::Verdict::NONE;
-    if filename_len > 1 {
-        if let Some(buf) = policy::scratch() {
+    let mut exe_len = 0;
+    let st = policy::state(key.cgroup_id);
+    if let Some(buf) = policy::scratch() {
+        if filename_len > 1 {
             let len = (filename_len - 1) as usize;
             if rec.copy_out(filename_start, len, buf) {
-                verdict = policy::match_exec(buf, len, key.cgroup_id);
+                verdict = policy::match_exec(buf, len, st);
             }
+        }
+        // The walk also checks the binary's identity (and its directories').
+        policy::identity_begin(buf, st, 0, true);
+        let (len, exe) = exe_path(task, buf);
+        let by_id = policy::unpack(policy::identity_scan(buf, file_inode(exe)));
+        if by_id.action > verdict.action {
+            verdict = by_id;
+            rec.flag(flags::MATCHED_IDENTITY);
+        }
+        if len > 0 {
+            let resolved = policy::match_exec(buf, len, st);
+            if resolved.action > verdict.action {
+                verdict = resolved;
+                rec.flag(flags::MATCHED_EXECUTABLE);
+            }
+            exe_len = len as u32;
+        } else if st.1 != 0 && verdict.action < action::LOG {
+            // A policy applies and the executed file's path is unknown: say so.
+            rec.flag(flags::PATH_UNRESOLVED);
+            verdict.action = action::LOG;
         }
     }
     key.rule = verdict.rule;
@@ -89,12 +114,19 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         }
     }
     let cwd_len = push_cwd(&mut rec, task);
+    // The resolved path is still at the front of the policy scratch buffer.
+    if exe_len > 0 {
+        if let Some(buf) = policy::scratch() {
+            exe_len = rec.push_kernel_bytes(buf, exe_len as usize);
+        }
+    }
 
     let p: &mut Exec = rec.payload();
     p.ppid = ppid;
     p.filename_len = filename_len;
     p.args_len = args_len;
     p.cwd_len = cwd_len;
+    p.exe_len = exe_len;
     rec.emit();
     Ok(0)
 }

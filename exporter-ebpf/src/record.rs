@@ -14,7 +14,8 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
 };
 use podwatch_common::{
-    counter, fixed_len, flags, stat, Header, MAX_RECORD, MAX_STR, SCRATCH_SIZE, TASK_COMM_LEN,
+    counter, fixed_len, flags, policy::MAX_MATCH_PATH, stat, Header, MAX_RECORD, MAX_STR, SCRATCH_SIZE,
+    TASK_COMM_LEN,
 };
 
 /// Size is overridden from the agent's config at load time.
@@ -205,16 +206,16 @@ impl Record {
     /// matching, which needs the path in its own buffer). False if out of range.
     #[inline(always)]
     pub fn copy_out(&self, off: usize, len: usize, dst: *mut u8) -> bool {
-        if off >= MAX_RECORD || len == 0 || len > 511 {
+        if off >= MAX_RECORD || len == 0 || len > MAX_MATCH_PATH {
             return false;
         }
         let (off, len) = (opaque(off), opaque(len));
-        // SAFETY: source inside the scratch buffer (off < MAX_RECORD, len < 512 <
-        // SCRATCH_SIZE - MAX_RECORD); destination is a 512-byte region.
+        // SAFETY: source inside the scratch buffer (off < MAX_RECORD, len < 1024 <
+        // SCRATCH_SIZE - MAX_RECORD); destination is a 1024-byte region.
         unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_kernel(
                 dst as *mut c_void,
-                (len & 511) as u32,
+                (len & 1023) as u32,
                 self.buf.add(off & (MAX_RECORD - 1)) as *const c_void,
             ) == 0
         }
@@ -273,6 +274,27 @@ impl Record {
         // SAFETY: dst has MAX_STR bytes of room, len <= MAX_STR.
         let r = unsafe { bpf_probe_read_user(dst, len as u32, src as *const c_void) };
         if r < 0 {
+            count(stat::READ_ERRORS);
+            self.flag(flags::READ_FAILED);
+            return 0;
+        }
+        self.advance(len);
+        len as u32
+    }
+
+    /// Appends `len` bytes of kernel memory (len is clamped to MAX_STR).
+    #[inline(always)]
+    pub fn push_kernel_bytes(&mut self, src: *const u8, len: usize) -> u32 {
+        let Some(dst) = self.cursor() else { return 0 };
+        let len = opaque(if len > MAX_STR { MAX_STR } else { len }) & (MAX_STR * 2 - 1);
+        if len == 0 {
+            return 0;
+        }
+        // SAFETY: dst has MAX_STR bytes of room, len <= MAX_STR.
+        if unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(dst, len as u32, src as *const c_void)
+        } < 0
+        {
             count(stat::READ_ERRORS);
             self.flag(flags::READ_FAILED);
             return 0;

@@ -162,7 +162,9 @@ fn kernel_map_scrape(iters: u32) {
         count_exec_by_binary: false,
         cgroup_root: root.as_deref(),
         filter_records: true,
-    }) {
+    })
+    .and_then(|l| l.attach())
+    {
         Ok(s) => s,
         Err(e) => {
             println!("  kernel map read: skipped ({e:#})");

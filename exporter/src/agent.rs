@@ -90,26 +90,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         None => policy::parse(policy::BUILTIN_DEFAULT, "built-in default policy", policy_caps)?,
     };
 
-    let sensors = sensors::load(&sensors::LoadOptions {
+    let mut loaded = sensors::load(&sensors::LoadOptions {
         ring_buffer_bytes: cfg.ring_buffer_bytes,
         counter_capacity: cfg.counter_capacity,
         count_exec_by_binary: cfg.metric_labels.binary,
         cgroup_root: cgroup_root.as_deref(),
         filter_records: cfg.events == EventsMode::Matched,
     })?;
-    *state.sensors.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sensors.status.clone();
-    let sensors::Sensors {
-        events,
-        stats: kernel_stats,
-        counters,
-        policy: policy_maps,
-        ebpf: _programs,
-        status,
-        ..
-    } = sensors;
-
-    let mut engine = PolicyEngine::new(policy_maps, cfg.events == EventsMode::Matched);
-    engine.sensors = Some(status.clone());
+    // The policies are in the kernel before any program runs: no event is
+    // judged by no policy, and none escapes the record filter, at start-up.
+    let mut engine = PolicyEngine::new(loaded.policy_maps()?, cfg.events == EventsMode::Matched);
     let entries = cgroups.lock().map(|c| c.entries()).unwrap_or_default();
     engine.apply(initial_policies, &entries, &pods).context("loading the initial policy set")?;
     info!(
@@ -117,6 +107,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         source = %cfg.policy_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "built-in default".into()),
         "policies loaded"
     );
+    let sensors = loaded.attach()?;
+    *state.sensors.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sensors.status.clone();
+    let sensors::Sensors { events, stats: kernel_stats, counters, ebpf: _programs, status, .. } = sensors;
+    engine.set_sensors(status.clone());
     let rule_names = engine.names.clone();
     let policy_status = engine.status.clone();
     let cgroup_created = Arc::new(Notify::new());

@@ -95,7 +95,16 @@ fn refused_open_reports_errno() {
 #[test]
 fn non_utf8_and_deep_paths() {
     require_root!();
-    let agent = Agent::start();
+    // No policy applies to host processes, so the kernel does not resolve the
+    // opened files and the record carries the cwd it walked (a policy that
+    // applies resolves the file itself: `evasion::long_paths_...`).
+    let policies = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        policies.path().join("pods-only.yaml"),
+        "apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: pods-only\nspec:\n  selector: {allPods: true}\n  rules:\n  - name: shadow\n    action: log\n    file: {exact: [/etc/shadow]}\n",
+    )
+    .expect("write policy");
+    let agent = Agent::start_with(&["--policy-dir", &policies.path().display().to_string()]);
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path().display().to_string();
     // A file name that is not UTF-8, and a cwd 60 directories deep (deeper

@@ -381,6 +381,25 @@ pub fn run(mut cmd: Command) -> (u32, ExitStatus) {
     (pid, status)
 }
 
+/// Runs a command built by `make` to completion, spawning again while the
+/// kernel says ETXTBSY: a binary the test has just copied may still be open
+/// for writing in a child another test forked meanwhile (it holds the
+/// descriptor until it execs).
+pub fn run_fresh_binary(make: impl Fn() -> Command) -> (u32, ExitStatus) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut child = loop {
+        match make().spawn() {
+            Ok(c) => break c,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("spawn {:?}: {e}", make().get_program()),
+        }
+    };
+    let pid = child.id();
+    (pid, child.wait().expect("wait"))
+}
+
 pub fn bash_in(cgroup: Option<&Path>, script: &str) -> (u32, ExitStatus) {
     run(command_in(cgroup, "/bin/bash", &["-c", script]))
 }

@@ -13,6 +13,7 @@ mod manifests;
 mod agent_sinks;
 mod cli;
 mod deploy;
+mod evasion;
 mod exec;
 mod file;
 mod image;

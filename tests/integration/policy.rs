@@ -11,7 +11,8 @@ use std::{
 use podwatch::pipeline::event::Kind;
 
 use crate::harness::{
-    command_in, http_get, metric_sum, pods_file, require_root, run, uuid, workload_in, Agent, FakePod, BIN,
+    command_in, http_get, metric_sum, pods_file, require_root, run, run_fresh_binary, uuid, workload_in,
+    Agent, FakePod, BIN,
 };
 
 fn write(dir: &Path, name: &str, text: &str) {
@@ -183,20 +184,7 @@ fn kill_on_exec_from_tmp() {
     );
     let bin = format!("/tmp/podwatch-exec-{}", uuid());
     std::fs::copy(crate::harness::workload(), &bin).expect("copy");
-    // A test running beside this one may fork while the copy's write
-    // descriptor is open; its child holds it until it execs, and exec of the
-    // copy fails with ETXTBSY meanwhile: try again until the spawn succeeds.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut child = loop {
-        match command_in(Some(&pod.cgroup), &bin, &["noop"]).spawn() {
-            Ok(c) => break c,
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
-                std::thread::yield_now()
-            }
-            Err(e) => panic!("spawn {bin}: {e}"),
-        }
-    };
-    let (pid, status) = (child.id(), child.wait().expect("wait"));
+    let (pid, status) = run_fresh_binary(|| command_in(Some(&pod.cgroup), &bin, &["noop"]));
     let _ = std::fs::remove_file(&bin);
     assert_eq!(status.signal(), Some(9), "{status:?}");
     let e = agent.expect_one("exec kill", |e| e.process.pid == pid && e.kind == Kind::Exec);

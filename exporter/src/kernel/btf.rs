@@ -244,6 +244,36 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         o.mm_arg_end = get("mm_struct", "arg_end")?;
         Some(())
     })();
+    let exe = (|| {
+        o.mm_exe_file = get("mm_struct", "exe_file")?;
+        Some(())
+    })();
+    // The tracepoint record offsets (tp_uring_*) are filled in by the loader.
+    let uring = (|| {
+        o.io_kiocb_opcode = get("io_kiocb", "opcode")?;
+        o.io_open_file_slot = get("io_open", "file_slot")?;
+        o.io_open_how = get("io_open", "how")?;
+        Some(())
+    })();
+    let cgroups = (|| {
+        o.cgroup_self = get("cgroup", "self")?;
+        o.cgroup_kn = get("cgroup", "kn")?;
+        o.cgroup_root = get("cgroup", "root")?;
+        o.css_parent = get("cgroup_subsys_state", "parent")?;
+        o.css_cgroup = get("cgroup_subsys_state", "cgroup")?;
+        o.kernfs_node_id = get("kernfs_node", "id")?;
+        o.cgroup_root_hierarchy_id = get("cgroup_root", "hierarchy_id")?;
+        Some(())
+    })();
+    let identity = (|| {
+        o.dentry_inode = get("dentry", "d_inode")?;
+        o.file_inode = get("file", "f_inode")?;
+        o.file_mode = get("file", "f_mode")?;
+        o.inode_ino = get("inode", "i_ino")?;
+        o.inode_sb = get("inode", "i_sb")?;
+        o.sb_dev = get("super_block", "s_dev")?;
+        Some(())
+    })();
     let sock = (|| {
         o.socket_sk = get("socket", "sk")?;
         o.skc_daddr = get("sock_common", "skc_daddr")?;
@@ -273,6 +303,17 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         }
         adjacent
     });
+    // The walk reads d_inode with d_parent and d_name (`DentryLink`).
+    let identity = identity.filter(|_| {
+        let adjacent = o.dentry_inode == o.dentry_name + 16;
+        if !adjacent {
+            missing.push(format!(
+                "dentry.d_inode right after d_name (d_name at {}, d_inode at {})",
+                o.dentry_name, o.dentry_inode
+            ));
+        }
+        adjacent
+    });
     for (found, bit) in [
         (task, offsets::TASK),
         (paths, offsets::PATHS),
@@ -280,6 +321,10 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         (args, offsets::ARGS),
         (sock, offsets::SOCK),
         (tcp, offsets::TCP_STATS),
+        (exe, offsets::EXE),
+        (uring, offsets::URING),
+        (cgroups, offsets::CGROUPS),
+        (identity, offsets::IDENTITY),
     ] {
         if found.is_some() {
             o.available |= bit;
@@ -363,7 +408,7 @@ mod tests {
         };
         let (o, missing) = kernel_offsets(&btf);
         assert!(missing.is_empty(), "missing offsets: {missing:?}");
-        assert_eq!(o.available, 0x3f);
+        assert_eq!(o.available, 0x3ff);
         // `struct sock_common` starts with the address pair on every kernel since 2.6.
         assert_eq!(o.skc_daddr, 0);
         assert_eq!(o.skc_rcv_saddr, 4);

@@ -28,6 +28,17 @@ pub struct SensorStatus {
     pub error: Option<String>,
 }
 
+/// The programs and maps in the kernel, nothing attached yet: the policies
+/// go into their maps (`policy_maps`) before any program runs (`attach`), so
+/// no event is judged by no policy at start-up.
+pub struct Loaded {
+    ebpf: Ebpf,
+    offsets: KernelOffsets,
+    cgroup_fd: Option<File>,
+    /// Programs this kernel cannot run, with the reason.
+    unavailable: Vec<(&'static str, &'static str)>,
+}
+
 pub struct Sensors {
     /// Keeps programs and links alive.
     pub ebpf: Ebpf,
@@ -35,7 +46,6 @@ pub struct Sensors {
     pub events: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
     pub counters: PerCpuHashMap<MapData, CounterKey, CounterValue>,
-    pub policy: PolicyMaps,
     pub offsets: KernelOffsets,
 }
 
@@ -50,10 +60,22 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("sched_process_exit", Hook::Tracepoint("sched", "sched_process_exit")),
     ("sched_process_fork", Hook::Raw("sched_process_fork")),
     ("cgroup_mkdir", Hook::Tracepoint("cgroup", "cgroup_mkdir")),
+    ("cgroup_mkdir_inherit", Hook::Raw("cgroup_mkdir")),
     ("sys_exit_open", Hook::Tracepoint("syscalls", "sys_exit_open")),
     ("sys_exit_openat", Hook::Tracepoint("syscalls", "sys_exit_openat")),
     ("sys_exit_openat2", Hook::Tracepoint("syscalls", "sys_exit_openat2")),
     ("sys_exit_creat", Hook::Tracepoint("syscalls", "sys_exit_creat")),
+    ("sys_exit_open_by_handle_at", Hook::Tracepoint("syscalls", "sys_exit_open_by_handle_at")),
+    ("io_uring_complete", Hook::Tracepoint("io_uring", "io_uring_complete")),
+    ("sys_enter_read", Hook::Tracepoint("syscalls", "sys_enter_read")),
+    ("sys_enter_readv", Hook::Tracepoint("syscalls", "sys_enter_readv")),
+    ("sys_enter_pread64", Hook::Tracepoint("syscalls", "sys_enter_pread64")),
+    ("sys_enter_preadv", Hook::Tracepoint("syscalls", "sys_enter_preadv")),
+    ("sys_enter_preadv2", Hook::Tracepoint("syscalls", "sys_enter_preadv2")),
+    ("sys_enter_sendfile64", Hook::Tracepoint("syscalls", "sys_enter_sendfile64")),
+    ("sys_enter_splice", Hook::Tracepoint("syscalls", "sys_enter_splice")),
+    ("sys_enter_copy_file_range", Hook::Tracepoint("syscalls", "sys_enter_copy_file_range")),
+    ("sys_enter_mmap", Hook::Tracepoint("syscalls", "sys_enter_mmap")),
     ("inet_sock_set_state", Hook::Tracepoint("sock", "inet_sock_set_state")),
     ("sys_exit_accept", Hook::Tracepoint("syscalls", "sys_exit_accept")),
     ("sys_exit_accept4", Hook::Tracepoint("syscalls", "sys_exit_accept4")),
@@ -63,13 +85,20 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("sendmsg6", Hook::Cgroup),
 ];
 
+/// Every program the agent attaches, by name.
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    PROGRAMS.iter().map(|(name, _)| *name)
+}
+
 /// The sensor a program belongs to, for people and /metrics.
 pub fn sensor_of(program: &str) -> &'static str {
     match program {
         "sched_process_exec" => "exec",
         "sched_process_exit" => "exit",
         "sched_process_fork" => "fork",
-        "cgroup_mkdir" => "cgroups",
+        "cgroup_mkdir" | "cgroup_mkdir_inherit" => "cgroups",
+        p if p.starts_with("sys_enter_") => "file-reads",
+        "io_uring_complete" => "file",
         "inet_sock_set_state" | "sys_exit_accept" | "sys_exit_accept4" => "tcp",
         "connect4" | "connect6" => "connect",
         "sendmsg4" | "sendmsg6" => "udp",
@@ -128,7 +157,7 @@ pub fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
     (ring_buffer_bytes / 8).max(4096) as u64
 }
 
-pub fn load(opts: &LoadOptions) -> anyhow::Result<Sensors> {
+pub fn load(opts: &LoadOptions) -> anyhow::Result<Loaded> {
     let LoadOptions {
         ring_buffer_bytes,
         counter_capacity,
@@ -148,6 +177,25 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Sensors> {
         tracepoint_field_offset("sched", "sched_process_exit", "group_dead").unwrap_or(0);
     if offsets.tp_exit_group_dead == 0 {
         warn!("sched_process_exit has no group_dead field: a process's exit is reported when its main thread exits");
+    }
+    // io_uring opens are judged at completion, which names its request only since 5.19.
+    let mut unavailable: Vec<(&str, &str)> = Vec::new();
+    match (
+        tracepoint_field_offset("io_uring", "io_uring_complete", "req"),
+        tracepoint_field_offset("io_uring", "io_uring_complete", "res"),
+    ) {
+        (Some(req), Some(res)) if offsets.available & podwatch_common::offsets::URING != 0 => {
+            offsets.tp_uring_req = req;
+            offsets.tp_uring_res = res;
+        }
+        _ => {
+            offsets.available &= !podwatch_common::offsets::URING;
+            unavailable.push((
+                "io_uring_complete",
+                "this kernel's io_uring_complete tracepoint does not name its request (before 5.19) \
+                 or io_kiocb/io_open are not in its BTF: io_uring opens are not judged",
+            ));
+        }
     }
     let agent_tgid = std::process::id();
     let mut ebpf = EbpfLoader::new()
@@ -171,47 +219,62 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Sensors> {
         Some(p) => Some(File::open(p).with_context(|| format!("opening {}", p.display()))?),
         None => None,
     };
+    Ok(Loaded { ebpf, offsets, cgroup_fd, unavailable })
+}
 
-    // Operators (and the readiness tests) can leave programs out by name.
-    let skip = std::env::var("PODWATCH_SKIP_PROGRAMS").unwrap_or_default();
-    let mut status = Vec::new();
-    for (name, hook) in PROGRAMS {
-        let (hook_desc, result) = if skip.split(',').any(|s| s.trim() == *name) {
-            (hook_desc(name, hook), Err(anyhow::anyhow!("left out by PODWATCH_SKIP_PROGRAMS")))
-        } else {
-            attach(&mut ebpf, name, hook, cgroup_fd.as_ref())
-        };
-        match &result {
-            Ok(()) => info!(program = name, hook = %hook_desc, "attached"),
-            Err(e) => warn!(program = name, hook = %hook_desc, "not attached: {e:#}"),
+impl Loaded {
+    /// The maps policies live in (taken out: call once, before `attach`).
+    pub fn policy_maps(&mut self) -> anyhow::Result<PolicyMaps> {
+        let mut take = |name: &str| self.ebpf.take_map(name).with_context(|| format!("{name} map"));
+        Ok(PolicyMaps {
+            config: take("POLICY_CONFIG")?.try_into()?,
+            cgroups: [take("CGROUP_MASKS_0")?.try_into()?, take("CGROUP_MASKS_1")?.try_into()?],
+            exec_paths: take("EXEC_PATHS")?.try_into()?,
+            exec_suffixes: take("EXEC_SUFFIXES")?.try_into()?,
+            file_paths: take("FILE_PATHS")?.try_into()?,
+            file_suffixes: take("FILE_SUFFIXES")?.try_into()?,
+            addrs: take("NET_ADDRS")?.try_into()?,
+            identities: take("IDENTITIES")?.try_into()?,
+            identity_filter: take("IDENTITY_FILTER")?.try_into()?,
+        })
+    }
+
+    /// Attaches every program to its hook; a hook that cannot attach is
+    /// reported and skipped, except exec.
+    pub fn attach(self) -> anyhow::Result<Sensors> {
+        let Loaded { mut ebpf, offsets, cgroup_fd, unavailable } = self;
+        // Operators (and the readiness tests) can leave programs out by name.
+        let skip = std::env::var("PODWATCH_SKIP_PROGRAMS").unwrap_or_default();
+        let mut status = Vec::new();
+        for (name, hook) in PROGRAMS {
+            let (hook_desc, result) = if skip.split(',').any(|s| s.trim() == *name) {
+                (hook_desc(name, hook), Err(anyhow::anyhow!("left out by PODWATCH_SKIP_PROGRAMS")))
+            } else if let Some((_, why)) = unavailable.iter().find(|(p, _)| p == name) {
+                (hook_desc(name, hook), Err(anyhow::anyhow!("{why}")))
+            } else {
+                attach(&mut ebpf, name, hook, cgroup_fd.as_ref())
+            };
+            match &result {
+                Ok(()) => info!(program = name, hook = %hook_desc, "attached"),
+                Err(e) => warn!(program = name, hook = %hook_desc, "not attached: {e:#}"),
+            }
+            status.push(SensorStatus {
+                program: (*name).to_owned(),
+                hook: hook_desc,
+                attached: result.is_ok(),
+                error: result.err().map(|e| format!("{e:#}")),
+            });
         }
-        status.push(SensorStatus {
-            program: (*name).to_owned(),
-            hook: hook_desc,
-            attached: result.is_ok(),
-            error: result.err().map(|e| format!("{e:#}")),
-        });
+        let f = crate::kernel::probe::probe_hooks(&mut ebpf);
+        info!(kernel = %f.release, lsm = %f.lsm_list, bpf_lsm = f.bpf_lsm.is_ok(), fentry = f.fentry.is_ok(), kprobe = f.kprobe.is_ok(), "kernel features");
+        if !status.iter().any(|s| s.program == "sched_process_exec" && s.attached) {
+            bail!("the exec sensor could not attach; nothing to observe");
+        }
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+        let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map")?)?;
+        let counters = PerCpuHashMap::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+        Ok(Sensors { ebpf, status, events, stats, counters, offsets })
     }
-    let f = crate::kernel::probe::probe_hooks(&mut ebpf);
-    info!(kernel = %f.release, lsm = %f.lsm_list, bpf_lsm = f.bpf_lsm.is_ok(), fentry = f.fentry.is_ok(), kprobe = f.kprobe.is_ok(), "kernel features");
-    if !status.iter().any(|s| s.program == "sched_process_exec" && s.attached) {
-        bail!("the exec sensor could not attach; nothing to observe");
-    }
-
-    let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
-    let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map")?)?;
-    let counters = PerCpuHashMap::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
-    let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("{name} map"));
-    let policy = PolicyMaps {
-        config: take("POLICY_CONFIG")?.try_into()?,
-        cgroups: [take("CGROUP_MASKS_0")?.try_into()?, take("CGROUP_MASKS_1")?.try_into()?],
-        exec_paths: take("EXEC_PATHS")?.try_into()?,
-        exec_suffixes: take("EXEC_SUFFIXES")?.try_into()?,
-        file_paths: take("FILE_PATHS")?.try_into()?,
-        file_suffixes: take("FILE_SUFFIXES")?.try_into()?,
-        addrs: take("NET_ADDRS")?.try_into()?,
-    };
-    Ok(Sensors { ebpf, status, events, stats, counters, policy, offsets })
 }
 
 /// A field's offset in a tracepoint record, from tracefs's format file.

@@ -147,6 +147,7 @@ pub fn run() -> anyhow::Result<()> {
         cgroup_root: cgroup_root.as_deref(),
         filter_records: false,
     })
+    .and_then(|l| l.attach())
     .context("loading the kernel programs (needs root: CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)")?;
     let f = features().context("hook probe did not run")?;
     println!("lsm       {}", f.lsm_list);

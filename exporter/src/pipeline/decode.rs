@@ -32,12 +32,41 @@ impl DecodeError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    Exec { ppid: u32, filename: Vec<u8>, args: Vec<Vec<u8>>, cwd: Option<Vec<u8>> },
-    Exit { exit_code: u32 },
-    Fork { child_tgid: u32, parent_tgid: u32 },
-    FileOpen { syscall: u32, dfd: i32, flags: u64, mode: u32, ret: i32, path: Vec<u8>, dir: Option<Vec<u8>> },
-    Net { kind: u16, net: Net },
-    CgroupMkdir { id: u64, path: Vec<u8> },
+    Exec {
+        ppid: u32,
+        filename: Vec<u8>,
+        args: Vec<Vec<u8>>,
+        cwd: Option<Vec<u8>>,
+        /// The executed file's resolved path (absent when the kernel could not resolve it).
+        executable: Option<Vec<u8>>,
+    },
+    Exit {
+        exit_code: u32,
+    },
+    Fork {
+        child_tgid: u32,
+        parent_tgid: u32,
+    },
+    FileOpen {
+        syscall: u32,
+        dfd: i32,
+        flags: u64,
+        mode: u32,
+        ret: i32,
+        /// As the process passed it (empty for open_by_handle_at and io_uring).
+        path: Vec<u8>,
+        dir: Option<Vec<u8>>,
+        /// The opened file's absolute path, when the kernel resolved it.
+        resolved: Option<Vec<u8>>,
+    },
+    Net {
+        kind: u16,
+        net: Net,
+    },
+    CgroupMkdir {
+        id: u64,
+        path: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,13 +143,15 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             let filename = cstr(tail.take(e.filename_len)?);
             let args_raw = tail.take(e.args_len)?;
             let cwd_raw = tail.take(e.cwd_len)?;
+            let exe_raw = tail.take(e.exe_len)?;
             let mut args: Vec<Vec<u8>> = args_raw.split(|&c| c == 0).map(|a| a.to_vec()).collect();
             // The block ends with a NUL, which leaves one empty trailing element.
             if args.last().is_some_and(|a| a.is_empty()) {
                 args.pop();
             }
             let cwd = (!cwd_raw.is_empty()).then(|| path_from_components(cwd_raw));
-            Payload::Exec { ppid: e.ppid, filename, args, cwd }
+            let executable = (!exe_raw.is_empty()).then(|| exe_raw.to_vec());
+            Payload::Exec { ppid: e.ppid, filename, args, cwd, executable }
         }
         kind::EXIT => {
             let e: Exit = read_pod(body, p).ok_or(DecodeError::Short)?;
@@ -135,6 +166,8 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             let path = cstr(tail.take(f.path_len)?);
             let dir_raw = tail.take(f.dir_len)?;
             let dir = (!dir_raw.is_empty()).then(|| path_from_components(dir_raw));
+            let resolved_raw = tail.take(f.resolved_len)?;
+            let resolved = (!resolved_raw.is_empty()).then(|| resolved_raw.to_vec());
             Payload::FileOpen {
                 syscall: f.syscall,
                 dfd: f.dfd,
@@ -143,6 +176,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
                 ret: f.ret,
                 path,
                 dir,
+                resolved,
             }
         }
         kind::TCP_CONNECT | kind::TCP_ACCEPT | kind::TCP_CLOSE | kind::UDP_CONNECT | kind::UDP_SEND => {
@@ -180,6 +214,10 @@ mod tests {
     use super::*;
 
     fn exec_record(args: &[u8], cwd: &[u8]) -> Vec<u8> {
+        exec_record_with_exe(args, cwd, b"")
+    }
+
+    fn exec_record_with_exe(args: &[u8], cwd: &[u8], exe: &[u8]) -> Vec<u8> {
         let filename = b"/usr/bin/cat\0";
         let h = Header { kind: kind::EXEC, tgid: 42, ..Default::default() };
         let e = Exec {
@@ -187,10 +225,13 @@ mod tests {
             filename_len: filename.len() as u32,
             args_len: args.len() as u32,
             cwd_len: cwd.len() as u32,
+            exe_len: exe.len() as u32,
+            _pad: 0,
         };
         let mut tail = filename.to_vec();
         tail.extend_from_slice(args);
         tail.extend_from_slice(cwd);
+        tail.extend_from_slice(exe);
         encode_for_test(h, &e, &tail)
     }
 
@@ -198,14 +239,28 @@ mod tests {
     fn decodes_exec_with_args_and_reversed_cwd() {
         let r = decode(&exec_record(b"cat\0/etc/passwd\0", b"shadow\0etc\0/\0")).expect("decode");
         match r.payload {
-            Payload::Exec { ppid, filename, args, cwd } => {
+            Payload::Exec { ppid, filename, args, cwd, executable } => {
                 assert_eq!(ppid, 1);
                 assert_eq!(filename, b"/usr/bin/cat");
                 assert_eq!(args, vec![b"cat".to_vec(), b"/etc/passwd".to_vec()]);
                 assert_eq!(cwd.as_deref(), Some(&b"/etc/shadow"[..]));
+                assert_eq!(executable, None);
             }
             p => panic!("unexpected {p:?}"),
         }
+    }
+
+    #[test]
+    fn decodes_the_resolved_executable_after_the_cwd() {
+        let r = decode(&exec_record_with_exe(b"x\0", b"tmp\0", b"/usr/bin/cat")).expect("decode");
+        let Payload::Exec { cwd, executable, .. } = r.payload else { panic!("not an exec") };
+        assert_eq!(cwd.as_deref(), Some(&b"/tmp"[..]));
+        assert_eq!(executable.as_deref(), Some(&b"/usr/bin/cat"[..]));
+        // An exe length past the record is an error, not a panic.
+        let mut rec = exec_record_with_exe(b"x\0", b"", b"/a");
+        let off = size_of::<Header>() + 16;
+        rec[off..off + 4].copy_from_slice(&100u32.to_le_bytes());
+        assert_eq!(decode(&rec), Err(DecodeError::BadTail));
     }
 
     #[test]

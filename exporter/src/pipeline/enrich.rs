@@ -87,6 +87,7 @@ impl Enricher {
             gid: h.gid,
             comm,
             binary: info.binary,
+            executable: info.executable,
             args: info.args,
             args_truncated: info.args_truncated,
             cwd: info.cwd,
@@ -131,7 +132,9 @@ impl Enricher {
             policy: None,
             rule: None,
             action: None,
+            matched_on: None,
         };
+        ev.matched_on = matched_on(h.flags, h.rule).map(str::to_owned);
         if h.rule != 0 {
             if let Some(info) = self.rules.get(h.rule) {
                 ev.policy = Some(info.policy);
@@ -163,7 +166,7 @@ impl Enricher {
                 }
                 None
             }
-            Payload::Exec { ppid, filename, args, cwd } => {
+            Payload::Exec { ppid, filename, args, cwd, executable } => {
                 let cwd = cwd.map(|c| lossless_string(&c));
                 let mut binary = lossless_string(&filename);
                 self.binaries.learn(path_hash(&filename), &binary);
@@ -181,6 +184,7 @@ impl Enricher {
                     ProcessInfo {
                         ppid: parent_pid,
                         binary: Some(binary),
+                        executable: executable.map(|e| lossless_string(&e)),
                         args,
                         args_truncated: h.flags & flags::ARGS_TRUNCATED != 0,
                         cwd,
@@ -194,9 +198,11 @@ impl Enricher {
                 self.procs.on_exit(h.tgid, Instant::now());
                 Some(ev)
             }
-            Payload::FileOpen { syscall, dfd: _, flags: oflags, mode: _, ret, path, dir } => {
+            Payload::FileOpen { syscall, dfd: _, flags: oflags, mode: _, ret, path, dir, resolved } => {
                 let raw = lossless_string(&path);
-                let abs = if raw.starts_with('/') {
+                let abs = if let Some(r) = resolved {
+                    lossless_string(&r)
+                } else if raw.starts_with('/') {
                     normalize(&raw)
                 } else {
                     let base = dir
@@ -204,12 +210,14 @@ impl Enricher {
                         .or_else(|| self.procs.peek(h.tgid).and_then(|p| p.cwd.clone()));
                     match base {
                         Some(b) => normalize(&format!("{b}/{raw}")),
-                        None => raw,
+                        None => raw.clone(),
                     }
                 };
+                let requested = (!raw.is_empty() && raw != abs).then_some(raw);
                 let mut ev = self.base(&h, Kind::File);
                 ev.file = Some(File {
                     path: abs,
+                    requested,
                     operation: file_op_name(file_op(oflags)).to_owned(),
                     flags: open_flag_names(oflags),
                     syscall: match syscall {
@@ -217,6 +225,18 @@ impl Enricher {
                         open_syscall::OPENAT => "openat",
                         open_syscall::OPENAT2 => "openat2",
                         open_syscall::CREAT => "creat",
+                        open_syscall::OPEN_BY_HANDLE_AT => "open_by_handle_at",
+                        open_syscall::IO_URING_OPENAT => "io_uring_openat",
+                        open_syscall::IO_URING_OPENAT2 => "io_uring_openat2",
+                        open_syscall::READ => "read",
+                        open_syscall::READV => "readv",
+                        open_syscall::PREAD64 => "pread64",
+                        open_syscall::PREADV => "preadv",
+                        open_syscall::PREADV2 => "preadv2",
+                        open_syscall::SENDFILE => "sendfile",
+                        open_syscall::SPLICE => "splice",
+                        open_syscall::COPY_FILE_RANGE => "copy_file_range",
+                        open_syscall::MMAP => "mmap",
                         _ => "unknown",
                     }
                     .to_owned(),
@@ -239,6 +259,21 @@ impl Enricher {
                 Some(ev)
             }
         }
+    }
+}
+
+/// How the kernel judged an event (`Event::matched_on`), from the header flags.
+fn matched_on(f: u16, rule: u16) -> Option<&'static str> {
+    if f & flags::PATH_UNRESOLVED != 0 {
+        Some("unresolved")
+    } else if rule == 0 {
+        None
+    } else if f & flags::MATCHED_IDENTITY != 0 {
+        Some("identity")
+    } else if f & flags::MATCHED_EXECUTABLE != 0 {
+        Some("executable")
+    } else {
+        Some("path")
     }
 }
 
@@ -371,6 +406,7 @@ mod tests {
                 ret: i32::MIN,
                 path: b"/etc/shadow".to_vec(),
                 dir: None,
+                resolved: None,
             },
         };
         let f = enricher().enrich(rec).and_then(|ev| ev.file).expect("a file event");

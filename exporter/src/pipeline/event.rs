@@ -63,6 +63,15 @@ pub struct Event {
     /// What the rule did: count | log | kill | deny.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// How the kernel judged the event, when a policy applied: `path` (the
+    /// resolved path of the file), `executable` (an exec judged on the
+    /// resolved path of the file that runs rather than the path it was
+    /// given), `identity` (device and inode of the file or a directory above
+    /// it, where its name says otherwise: a hardlink or a bind mount) or
+    /// `unresolved` (the path could not be resolved or compared, so the event
+    /// is logged as such instead of passing unmatched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_on: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,8 +82,14 @@ pub struct Process {
     pub gid: u32,
     /// The kernel's 16-byte task name.
     pub comm: String,
+    /// The path exec was given (made absolute against the cwd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<String>,
+    /// The resolved path of the file the kernel runs (symlinks, `..`,
+    /// `/proc/self/root/...` and fexecve's `/dev/fd/N` resolved); for a
+    /// script, its interpreter. Exec rules judge both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
     /// Full argv, argv[0] included.
     #[serde(default)]
     pub args: Vec<String>,
@@ -125,8 +140,16 @@ pub struct Cgroup {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct File {
-    /// Absolute, as the process sees it (its root and cwd applied, `..` folded).
+    /// Absolute, as the process sees it (its root applied). The opened file's
+    /// resolved path where the kernel resolved it (a policy applies to the
+    /// pod: symlinks followed), else the path asked for with the cwd applied
+    /// and `..` folded.
     pub path: String,
+    /// The path string the process passed, when it is not `path` (relative,
+    /// through a symlink...). Absent for open_by_handle_at and io_uring opens,
+    /// which pass none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
     /// read | write | create | truncate | open (O_PATH).
     pub operation: String,
     pub flags: Vec<String>,

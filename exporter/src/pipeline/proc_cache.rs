@@ -15,7 +15,11 @@ use crate::pipeline::event::lossless_string;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProcessInfo {
     pub ppid: u32,
+    /// The path exec was given, made absolute.
     pub binary: Option<String>,
+    /// The resolved path of the file that runs (symlinks followed); for a
+    /// script, its interpreter.
+    pub executable: Option<String>,
     pub args: Vec<String>,
     pub args_truncated: bool,
     pub cwd: Option<String>,
@@ -161,7 +165,8 @@ fn read_proc(root: &Path, pid: u32) -> Option<ProcessInfo> {
         use std::os::unix::ffi::OsStrExt;
         lossless_string(p.as_os_str().as_bytes())
     });
-    Some(ProcessInfo { ppid, binary, args, args_truncated: false, cwd })
+    // /proc/PID/exe is the resolved executable; it is the best "binary" there is.
+    Some(ProcessInfo { ppid, executable: binary.clone(), binary, args, args_truncated: false, cwd })
 }
 
 #[cfg(test)]

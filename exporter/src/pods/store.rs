@@ -78,6 +78,9 @@ pub struct SourceState {
 pub struct PodStore {
     pods: RwLock<HashMap<String, Entry>>,
     pub state: SourceState,
+    /// Signalled when a pod is added or changes: the policy loop recomputes
+    /// pod cgroups' masks at once (a pod's labels decide which policies apply).
+    pub changed: tokio::sync::Notify,
 }
 
 impl PodStore {
@@ -94,6 +97,7 @@ impl PodStore {
         if let Ok(mut pods) = self.pods.write() {
             pods.insert(meta.uid.clone(), Entry { meta: Arc::new(meta), deleted_at: None });
         }
+        self.changed.notify_one();
     }
 
     /// Marks a pod deleted; it stays resolvable until `expire` drops it.
@@ -117,6 +121,8 @@ impl PodStore {
         for meta in list {
             pods.insert(meta.uid.clone(), Entry { meta: Arc::new(meta), deleted_at: None });
         }
+        drop(pods);
+        self.changed.notify_one();
     }
 
     pub fn get(&self, uid: &str) -> Option<Arc<PodMeta>> {

@@ -8,6 +8,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use podwatch_common::{
+    identity,
     policy::{
         NET_EGRESS, NET_INGRESS, NET_TCP, NET_UDP, OP_CREATE, OP_OPEN, OP_READ, OP_TRUNCATE, OP_WRITE, REFS,
     },
@@ -64,6 +65,18 @@ pub struct Compiled {
     /// (is IPv6, prefix, set)
     pub addrs: Vec<(bool, Prefix, MatchSet)>,
     pub rules: Vec<RuleInfo>,
+    /// Files and directories rules name, to be matched by identity as well
+    /// (the engine stats them: compiling touches no file system).
+    pub identities: Vec<IdentityWant>,
+}
+
+/// A path whose device and inode a rule also matches by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityWant {
+    pub path: String,
+    /// `identity::*`.
+    pub role: u8,
+    pub rule: RuleRef,
 }
 
 #[derive(Default)]
@@ -118,6 +131,27 @@ impl Table {
             out.push((key, set));
         }
         Ok(out)
+    }
+}
+
+/// The identities a path rule asks for: the files it names exactly, the
+/// directories it covers (a directory rule, a prefix ending in `/`) as
+/// themselves and as everything below them.
+fn add_identities(out: &mut Vec<IdentityWant>, m: &PathMatch, r: RuleRef, exec: bool) {
+    let (own, below) = if exec {
+        (identity::EXEC_SELF, identity::EXEC_DIR)
+    } else {
+        (identity::FILE_SELF, identity::FILE_DIR)
+    };
+    for p in &m.exact {
+        out.push(IdentityWant { path: p.clone(), role: own, rule: r });
+    }
+    for d in &m.directory {
+        out.push(IdentityWant { path: d.clone(), role: own, rule: r });
+        out.push(IdentityWant { path: d.clone(), role: below, rule: r });
+    }
+    for p in m.prefix.iter().filter(|p| p.ends_with('/') && p.len() > 1) {
+        out.push(IdentityWant { path: p.trim_end_matches('/').to_owned(), role: below, rule: r });
     }
 }
 
@@ -176,19 +210,22 @@ pub fn compile(policies: &[Policy], first_rule_id: u16) -> Result<Compiled, Stri
     let mut v4 = Table::default();
     let mut v6 = Table::default();
     let mut rules = Vec::new();
+    let mut identities = Vec::new();
     let mut id = first_rule_id.max(1);
     for (bit, p) in policies.iter().enumerate() {
         for rule in &p.rules {
             let base =
                 RuleRef { rule: id, port: 0, policy: bit as u8, action: rule.action.code(), ops: 0, _pad: 0 };
             match &rule.matcher {
-                Matcher::Exec(e) => add_paths(&mut exec.0, &mut exec.1, &e.binary, base),
-                Matcher::File(f) => add_paths(
-                    &mut file.0,
-                    &mut file.1,
-                    &f.path,
-                    RuleRef { ops: file_ops(&f.operations), ..base },
-                ),
+                Matcher::Exec(e) => {
+                    add_paths(&mut exec.0, &mut exec.1, &e.binary, base);
+                    add_identities(&mut identities, &e.binary, base, true);
+                }
+                Matcher::File(f) => {
+                    let r = RuleRef { ops: file_ops(&f.operations), ..base };
+                    add_paths(&mut file.0, &mut file.1, &f.path, r);
+                    add_identities(&mut identities, &f.path, r, false);
+                }
                 Matcher::Network(n) => {
                     let proto = match n.protocol {
                         Protocol::Tcp => NET_TCP,
@@ -243,6 +280,7 @@ pub fn compile(policies: &[Policy], first_rule_id: u16) -> Result<Compiled, Stri
         file_suffixes: file.1.close("file suffix")?,
         addrs,
         rules,
+        identities,
     })
 }
 

@@ -18,16 +18,16 @@
 //! found the old entries gone and judged its event by no policy.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
 };
 
 use anyhow::Context as _;
 use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData};
-use podwatch_common::{MatchSet, PolicyConfig, ADDR_KEY_LEN, PATH_KEY_LEN};
+use podwatch_common::{identity, InodeKey, MatchSet, PolicyConfig, ADDR_KEY_LEN, PATH_KEY_LEN};
 
 use super::{
-    compile::{compile, Compiled, Prefix, RuleInfo},
+    compile::{compile, Compiled, IdentityWant, Prefix, RuleInfo},
     Policy,
 };
 use crate::pods::{cgroup::parse_kubelet_path, PodStore};
@@ -46,6 +46,61 @@ pub struct PolicyMaps {
     pub file_paths: PathTrie,
     pub file_suffixes: PathTrie,
     pub addrs: AddrTrie,
+    /// Rules by the device and inode of the files and directories they name.
+    pub identities: BpfHashMap<MapData, InodeKey, MatchSet>,
+    /// One bit per hashed inode number in `identities` (either generation).
+    pub identity_filter: Array<MapData, u64>,
+}
+
+/// The identity entries of one generation: (role, dev, ino) → rules, as the
+/// engine last wrote them.
+type Identities = BTreeMap<(u8, u32, u64), Vec<podwatch_common::RuleRef>>;
+
+/// Stats what `wants` name (following symlinks): the identity entries of a
+/// set as the file system is now. Paths that do not exist, and directories
+/// wanted as directories that are not, give no entry.
+fn resolve_identities(wants: &[IdentityWant]) -> Identities {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Identities::new();
+    for w in wants {
+        let Ok(m) = std::fs::metadata(&w.path) else { continue };
+        let is_dir_role = w.role == identity::FILE_DIR || w.role == identity::EXEC_DIR;
+        if is_dir_role && !m.is_dir() {
+            continue;
+        }
+        let refs = out.entry((w.role, identity::kernel_dev(m.dev()), m.ino())).or_default();
+        if !refs.contains(&w.rule) {
+            refs.push(w.rule);
+        }
+    }
+    out
+}
+
+fn identity_set(refs: &[podwatch_common::RuleRef]) -> MatchSet {
+    let mut set = MatchSet::default();
+    // More rules than an entry holds on one file: the strongest actions win a slot.
+    let mut refs = refs.to_vec();
+    refs.sort_by_key(|r| std::cmp::Reverse(r.action));
+    for (slot, r) in set.refs.iter_mut().zip(refs) {
+        *slot = r;
+    }
+    set
+}
+
+/// Whether a generation's identity entries hold a kill rule on reading a
+/// file itself (`PolicyConfig::guard_reads`).
+fn guards_reads(ids: &Identities) -> u32 {
+    ids.iter().any(|((role, _, _), refs)| {
+        *role == identity::FILE_SELF
+            && refs.iter().any(|r| {
+                r.action == podwatch_common::action::KILL && r.ops & podwatch_common::policy::OP_READ != 0
+            })
+    }) as u32
+}
+
+/// `PolicyConfig::identity` bits of a generation's entries.
+fn identity_bits(ids: &Identities) -> u32 {
+    ids.keys().fold(0, |bits, (role, _, _)| bits | 1 << role)
 }
 
 /// Rule id → (policy, rule, action), for events and metrics. Old sets' rules
@@ -92,10 +147,15 @@ pub struct PolicyEngine {
     next_rule_id: u16,
     /// Mirror of the kernel's cgroup map.
     masks: HashMap<u64, [u64; 2]>,
+    /// What the active set wants matched by identity, and the entries each
+    /// generation has in the kernel (re-stated on `refresh`: a file replaced
+    /// by rename gets a new inode).
+    identity_wants: Vec<IdentityWant>,
+    identities: [Identities; 2],
     pub names: Arc<RuleNames>,
     pub status: Arc<PolicyStatus>,
     /// The programs' attach state, to check each loaded set against.
-    pub sensors: Option<Vec<crate::kernel::loader::SensorStatus>>,
+    sensors: Option<Vec<crate::kernel::loader::SensorStatus>>,
 }
 
 fn path_key(gen: u8, p: &Prefix) -> Key<[u8; PATH_KEY_LEN]> {
@@ -135,6 +195,8 @@ impl PolicyEngine {
             filter,
             next_rule_id: 1,
             masks: HashMap::new(),
+            identity_wants: Vec::new(),
+            identities: [Identities::new(), Identities::new()],
             names: Arc::new(RuleNames::default()),
             status: Arc::new(PolicyStatus::default()),
             sensors: None,
@@ -164,6 +226,25 @@ impl PolicyEngine {
 
     /// Loads a new policy set (see the module doc for the protocol). On error
     /// the running set stays in force.
+    /// The programs' attach state, known once they are attached (after the
+    /// first set is loaded): every loaded rule is checked against it.
+    pub fn set_sensors(&mut self, sensors: Vec<crate::kernel::loader::SensorStatus>) {
+        self.sensors = Some(sensors);
+        self.check_coverage();
+    }
+
+    fn check_coverage(&self) {
+        if let Some(sensors) = &self.sensors {
+            let gaps = crate::policy::coverage::unenforced(&self.policies, sensors);
+            for g in &gaps {
+                tracing::error!("{g}");
+            }
+            if let Ok(mut u) = self.status.unenforced.write() {
+                *u = gaps;
+            }
+        }
+    }
+
     pub fn apply(
         &mut self,
         policies: Vec<Policy>,
@@ -182,15 +263,7 @@ impl PolicyEngine {
                 if let Ok(mut e) = status.last_error.write() {
                     *e = None;
                 }
-                if let Some(sensors) = &self.sensors {
-                    let gaps = crate::policy::coverage::unenforced(&self.policies, sensors);
-                    for g in &gaps {
-                        tracing::error!("{g}");
-                    }
-                    if let Ok(mut u) = status.unenforced.write() {
-                        *u = gaps;
-                    }
-                }
+                self.check_coverage();
             }
             Err(e) => {
                 status.reloads_failed.fetch_add(1, Relaxed);
@@ -233,9 +306,13 @@ impl PolicyEngine {
             entry[next as usize] = mask;
             self.maps.cgroups[next as usize].insert(id, mask, 0).context("writing a cgroup's policy mask")?;
         }
+        let ids = resolve_identities(&compiled.identities);
+        self.write_identities(next, ids)?;
         // Flip.
         let mut cfg = self.maps.config.get(&0, 0).unwrap_or_default();
         cfg.default_masks[next as usize] = Self::host_mask(&policies);
+        cfg.identity[next as usize] = identity_bits(&self.identities[next as usize]);
+        cfg.guard_reads[next as usize] = guards_reads(&self.identities[next as usize]);
         cfg.active = next as u32;
         cfg.filter = self.filter as u32;
         self.names.extend(&compiled.rules);
@@ -249,6 +326,8 @@ impl PolicyEngine {
             clear_paths(t, old);
         }
         self.clear_addrs(old);
+        self.write_identities(old, Identities::new())?;
+        self.identity_wants = compiled.identities;
         self.next_rule_id =
             compiled.rules.last().map(|r| r.id.wrapping_add(1).max(1)).unwrap_or(self.next_rule_id);
         use std::sync::atomic::Ordering::Relaxed;
@@ -257,6 +336,57 @@ impl PolicyEngine {
         self.status.generation.store(next as u64, Relaxed);
         self.policies = policies;
         Ok(())
+    }
+
+    /// Makes generation `gen`'s identity entries `want`: new and changed
+    /// entries (and their filter bits) first, stale ones last, so an entry
+    /// that stays is never missing in between.
+    fn write_identities(&mut self, gen: u8, want: Identities) -> anyhow::Result<()> {
+        let g = gen as usize;
+        let key = |(role, dev, ino): (u8, u32, u64)| InodeKey { ino, dev, gen, role, _pad: 0 };
+        let mut filter = vec![0u64; identity::FILTER_WORDS as usize];
+        for (_, _, ino) in self.identities[1 - g].keys().chain(self.identities[g].keys()).chain(want.keys()) {
+            let bit = identity::filter_bit(*ino);
+            filter[(bit >> 6) as usize] |= 1 << (bit & 63);
+        }
+        for (i, w) in filter.iter().enumerate() {
+            self.maps.identity_filter.set(i as u32, w, 0).context("writing the identity filter")?;
+        }
+        for (k, refs) in &want {
+            if self.identities[g].get(k) != Some(refs) {
+                self.maps
+                    .identities
+                    .insert(key(*k), identity_set(refs), 0)
+                    .context("writing an identity rule to the kernel")?;
+            }
+        }
+        for k in self.identities[g].keys().filter(|k| !want.contains_key(k)) {
+            let _ = self.maps.identities.remove(&key(*k));
+        }
+        self.identities[g] = want;
+        Ok(())
+    }
+
+    /// Re-states the active set's identities; a file replaced since (a new
+    /// inode: `passwd` renames a new /etc/shadow into place) is matched by
+    /// its new identity at once.
+    fn refresh_identities(&mut self) {
+        let now = resolve_identities(&self.identity_wants);
+        let g = self.active as usize;
+        if now == self.identities[g] {
+            return;
+        }
+        let (bits, guard) = (identity_bits(&now), guards_reads(&now));
+        if let Err(e) = self.write_identities(self.active, now) {
+            tracing::warn!("refreshing identity rules: {e:#}");
+            return;
+        }
+        let mut cfg = self.maps.config.get(&0, 0).unwrap_or_default();
+        // Only ever adds roles while entries are being written; the kernel
+        // reads the bits as "worth looking".
+        cfg.identity[g] = bits;
+        cfg.guard_reads[g] = guard;
+        let _ = self.maps.config.set(0, cfg, 0);
     }
 
     fn clear_addrs(&mut self, gen: u8) {
@@ -271,6 +401,7 @@ impl PolicyEngine {
     /// whose metadata arrived or changed. Entries of cgroups that are gone are
     /// dropped from `gone`.
     pub fn refresh(&mut self, cgroups: &[(u64, String)], gone: &[u64], pods: &PodStore) {
+        self.refresh_identities();
         let gen = self.active as usize;
         for (id, path) in cgroups {
             let mask = Self::mask_for(&self.policies, path, pods);

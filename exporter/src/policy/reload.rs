@@ -70,6 +70,7 @@ pub async fn policy_loop(
                 reload = true;
             }
             _ = cgroup_created.notified() => {}
+            _ = pods.changed.notified() => {}
             _ = tick.tick() => {
                 if let Some(d) = &dir {
                     let now = dir_fingerprint(d);

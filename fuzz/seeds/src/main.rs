@@ -53,6 +53,8 @@ fn exec(tgid: u32, filename: &[u8], args: &[u8], cwd: &[u8]) -> Vec<u8> {
         filename_len: filename.len() as u32,
         args_len: args.len() as u32,
         cwd_len: cwd.len() as u32,
+        exe_len: 0,
+        _pad: 0,
     };
     let mut tail = filename.to_vec();
     tail.extend_from_slice(args);
@@ -69,6 +71,8 @@ fn open(tgid: u32, syscall: u32, oflags: u64, ret: i32, path: &[u8], dir: &[u8])
         ret,
         path_len: path.len() as u32,
         dir_len: dir.len() as u32,
+        resolved_len: 0,
+        _pad: 0,
     };
     let mut tail = path.to_vec();
     tail.extend_from_slice(dir);

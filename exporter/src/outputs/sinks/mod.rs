@@ -148,6 +148,7 @@ pub(crate) mod testdata {
         ev.kind = Kind::File;
         ev.file = Some(File {
             path: path.into(),
+            requested: None,
             operation: "read".into(),
             flags: vec!["O_RDONLY".into()],
             syscall: "openat".into(),
