@@ -146,6 +146,33 @@ echo "$TEST_THREADS" >"$R/threads"
 (cd "$R" && find . | cpio -o -H newc --quiet) >"$WORK/initramfs.cpio"
 log "initramfs: $(du -m "$WORK/initramfs.cpio" | cut -f1) MiB, $(wc -l <"$R/tests") tests"
 
+# --- the host's digest ----------------------------------------------------------
+# The same scenario on this host first: every kernel's events and counters
+# must equal these (tests/integration/crosskernel.rs).
+DIGEST_TEST=crosskernel::same_actions_same_events_and_counters
+HOST_DIGEST=$WORK/host.digest
+rm -f "$HOST_DIGEST"
+if [ -n "$KERNELS" ]; then
+  PODWATCH_DIGEST_OUT=$HOST_DIGEST "$TEST_BIN" --exact "$DIGEST_TEST" --test-threads 1 >"$WORK/host-digest.log" 2>&1 \
+    || { log "the digest scenario failed on the host:"; tail -40 "$WORK/host-digest.log" >&2; }
+fi
+# Prints what differs between the host's digest and a kernel's (nothing when equal).
+digest_diff() {
+  python3 - "$HOST_DIGEST" "$1" <<'PY'
+import json, sys
+host = json.load(open(sys.argv[1]))
+vm = json.load(open(sys.argv[2]))
+for part in ("events", "counters"):
+    h, v = set(host[part]), set(vm[part])
+    for x in sorted(h - v):
+        print(f"{part}: only on the host: {x}")
+    for x in sorted(v - h):
+        print(f"{part}: only on this kernel: {x}")
+    if len(host[part]) != len(vm[part]):
+        print(f"{part}: {len(host[part])} on the host, {len(vm[part])} on this kernel")
+PY
+}
+
 # --- runs ---------------------------------------------------------------------
 # Kernels boot side by side, one vCPU each, as many at once as the machine has
 # cores (PODWATCH_VM_PARALLEL): TCG runs one guest vCPU per host thread.
@@ -173,6 +200,20 @@ report_kernel() {
   if ! grep -qE '^podwatch-vm: probe summary +([0-9]+) of \1 programs attached' "$out.txt"; then
     log "$label: not every program attached (see the probe lines above)"
     f=$((f + 1))
+  fi
+  # The same actions, the same events and counters as on the host.
+  if grep -q "$DIGEST_TEST" "$R/tests"; then
+    sed -nE 's/^podwatch-vm: digest //p' "$out.txt" >"$out.digest"
+    if [ ! -s "$HOST_DIGEST" ] || [ ! -s "$out.digest" ]; then
+      log "$label: no digest to compare (host: $([ -s "$HOST_DIGEST" ] && echo yes || echo no), kernel: $([ -s "$out.digest" ] && echo yes || echo no))"
+      f=$((f + 1))
+    elif [ -n "$(digest_diff "$out.digest")" ]; then
+      log "$label: events or counters differ from the host's:"
+      digest_diff "$out.digest" | sed 's/^/    /' >&2
+      f=$((f + 1))
+    else
+      log "$label: events and counters identical to the host's ($(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(len(d["events"]), "events,", len(d["counters"]), "counters")' "$out.digest"))"
+    fi
   fi
   if [ -z "$line" ] || ! grep -q '^podwatch-vm: exit 0$' "$out.txt" || [ "$f" != 0 ]; then
     [ -n "$line" ] || f=$((f + 1)) # no result at all (boot failure, timeout): one failure

@@ -57,6 +57,9 @@ pub mod flags {
     /// The verdict came from the file's identity (device + inode of the file
     /// or of a directory above it), not from its name.
     pub const MATCHED_IDENTITY: u16 = 1 << 6;
+    /// Exec: refused by the BPF LSM hook (a deny rule): the process did not
+    /// change its image; the record describes the attempt.
+    pub const EXEC_DENIED: u16 = 1 << 7;
 }
 
 /// Which open-family syscall a `FileOpen` record came from.
@@ -356,6 +359,26 @@ pub struct PolicyConfig {
     /// Per generation, 1 when some kill rule guards a file by identity:
     /// reads through descriptors opened elsewhere are then checked.
     pub guard_reads: [u32; 2],
+    /// Per generation, `DENY_FILES | DENY_EXECS` for the deny rules it holds:
+    /// the BPF LSM hooks return at once when there is nothing to refuse.
+    pub deny: [u32; 2],
+}
+
+/// `PolicyConfig::deny` bits.
+pub const DENY_FILES: u32 = 1;
+pub const DENY_EXECS: u32 = 2;
+
+/// A deny verdict the LSM open hook leaves for the syscall's exit program,
+/// keyed by pid_tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Denial {
+    pub rule: u16,
+    pub action: u8,
+    pub _pad: u8,
+    /// `flags::*` to set on the record (MATCHED_IDENTITY...).
+    pub flags: u16,
+    pub _pad2: u16,
 }
 
 pub const AF_INET: u16 = 2;
@@ -511,6 +534,11 @@ pub struct KernelOffsets {
     pub file_inode: u32,
     /// `file.f_mode` (FMODE_READ: the descriptor can read).
     pub file_mode: u32,
+    /// `file.f_flags` (the open flags, for the LSM open hook) and
+    /// `linux_binprm.file` / `.filename` (the LSM exec hook).
+    pub file_flags: u32,
+    pub bprm_file: u32,
+    pub bprm_filename: u32,
     pub inode_ino: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
@@ -575,6 +603,8 @@ pub mod offsets {
     /// dentry.d_inode next to d_name, file.f_inode, inode.i_ino/i_sb,
     /// super_block.s_dev: rules matched by identity.
     pub const IDENTITY: u32 = 1 << 9;
+    /// file.f_flags, linux_binprm.file/filename: the BPF LSM hooks (deny).
+    pub const LSM: u32 = 1 << 10;
 }
 
 #[cfg(feature = "user")]

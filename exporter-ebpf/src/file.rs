@@ -78,6 +78,7 @@ const IORING_OP_OPENAT: u8 = 18;
 const IORING_OP_OPENAT2: u8 = 28;
 
 const O_WRONLY: u64 = 0o1;
+const EPERM: i32 = 1;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 
@@ -133,39 +134,30 @@ fn field(ctx: &TracePointContext, off: usize) -> Result<u64, u32> {
     unsafe { ctx.read_at::<u64>(off) }.map_err(|_| 0u32)
 }
 
+/// One program for the exits of open, openat, openat2, creat and
+/// open_by_handle_at, attached to each: the record's `__syscall_nr` says
+/// which. (Five copies of the same program cost the verifier five times as
+/// much, which under emulation is minutes of start-up.)
 #[tracepoint]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    match try_exit_open(&ctx, open_syscall::OPEN) {
+pub fn sys_exit_open_family(ctx: TracePointContext) -> u32 {
+    match try_exit_open_family(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
-#[tracepoint]
-pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    match try_exit_open(&ctx, open_syscall::OPENAT) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
-#[tracepoint]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    match try_exit_open(&ctx, open_syscall::OPENAT2) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
-#[tracepoint]
-pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
-    match try_exit_open(&ctx, open_syscall::CREAT) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
-#[tracepoint]
-pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
-    match try_exit_open(&ctx, open_syscall::OPEN_BY_HANDLE_AT) {
-        Ok(v) | Err(v) => v,
-    }
+fn try_exit_open_family(ctx: &TracePointContext) -> Result<u32, u32> {
+    // sys_exit_* records: the syscall number (int) at 8, the return value at 16.
+    // SAFETY: reading a field of the tracepoint record.
+    let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.map_err(|_| 0u32)?;
+    let syscall = match nr as u64 {
+        NR_OPEN => open_syscall::OPEN,
+        NR_CREAT => open_syscall::CREAT,
+        NR_OPENAT => open_syscall::OPENAT,
+        NR_OPENAT2 => open_syscall::OPENAT2,
+        NR_OPEN_BY_HANDLE_AT => open_syscall::OPEN_BY_HANDLE_AT,
+        _ => return Ok(0),
+    };
+    try_exit_open(ctx, syscall)
 }
 
 fn try_exit_open(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
@@ -233,7 +225,14 @@ fn judge_open(task: u64, ret: i64, fd: i64, args: &OpenArgs) -> Result<u32, u32>
     let failed = (ret < 0) as u8;
     let (op, ops) =
         if args.known { (file_op(args.flags), file_ops(args.flags)) } else { (file_op::OPEN, 0x1f) };
-    let judged = match_open(task, ret, fd, args.filename, cgroup_id, ops);
+    let mut judged = match_open(task, ret, fd, args.filename, cgroup_id, ops);
+    // Refused by the BPF LSM hook: its verdict, which saw the file itself.
+    if ret == -(EPERM as i64) {
+        if let Some(d) = crate::lsm::take_denial() {
+            judged.verdict = policy::Verdict { rule: d.rule, action: d.action };
+            judged.by_identity = d.flags & flags::MATCHED_IDENTITY != 0;
+        }
+    }
     let verdict = judged.verdict;
     let mut k = counters::key(cgroup_id, counter::FILE, op, failed, 0);
     k.rule = verdict.rule;
@@ -257,20 +256,40 @@ fn judge_open(task: u64, ret: i64, fd: i64, args: &OpenArgs) -> Result<u32, u32>
     if judged.by_identity {
         rec.flag(flags::MATCHED_IDENTITY);
     }
-    let resolved_len = judged.resolved_len;
+    // The fixed fields first; the strings are appended by one subprogram
+    // that reads what it needs back from the record. The verifier then
+    // checks the string code once, not once per way the verdict came out.
+    let p: &mut FileOpen = rec.payload();
+    p.syscall = args.syscall;
+    p.dfd = args.dfd;
+    p.flags = args.flags;
+    p.mode = args.mode;
+    p.ret = ret as i32;
+    p.resolved_len = judged.resolved_len as u32;
+    push_open_paths(&mut rec, task, args.filename);
+    rec.emit();
+    Ok(0)
+}
+
+/// Appends an open record's strings — the path as passed; when it is
+/// relative and the file was not resolved, the directory it is relative to;
+/// the resolved path (still at the front of the policy scratch buffer) —
+/// and sets their lengths. `resolved_len` and `dfd` come from the payload.
+#[inline(never)]
+fn push_open_paths(rec: &mut Record, task: u64, filename: u64) {
+    let (resolved_len, dfd) = {
+        let p: &mut FileOpen = rec.payload();
+        // SAFETY: reading the payload this record just wrote.
+        unsafe { (core::ptr::read_volatile(&p.resolved_len) as usize, core::ptr::read_volatile(&p.dfd)) }
+    };
     let path_start = rec.len();
-    let path_len = if args.filename != 0 { rec.push_user_str(args.filename) } else { 0 };
+    let path_len = if filename != 0 { rec.push_user_str(filename) } else { 0 };
     let mut dir_len = 0;
     // The directory a relative path is relative to is only needed when the
     // resolved path is not already known.
     if path_len > 0 && resolved_len == 0 && rec.byte_at(path_start) != b'/' {
-        dir_len = if args.dfd == AT_FDCWD {
-            push_cwd(&mut rec, task)
-        } else {
-            push_fd_path(&mut rec, task, args.dfd as i64)
-        };
+        dir_len = if dfd == AT_FDCWD { push_cwd(rec, task) } else { push_fd_path(rec, task, dfd as i64) };
     }
-    // The resolved path is still at the front of the policy scratch buffer.
     let mut resolved = 0;
     if resolved_len > 0 {
         if let Some(buf) = policy::scratch() {
@@ -278,16 +297,9 @@ fn judge_open(task: u64, ret: i64, fd: i64, args: &OpenArgs) -> Result<u32, u32>
         }
     }
     let p: &mut FileOpen = rec.payload();
-    p.syscall = args.syscall;
-    p.dfd = args.dfd;
-    p.flags = args.flags;
-    p.mode = args.mode;
-    p.ret = ret as i32;
     p.path_len = path_len;
     p.dir_len = dir_len;
     p.resolved_len = resolved;
-    rec.emit();
-    Ok(0)
 }
 
 /// How an open was judged.
@@ -333,30 +345,35 @@ fn match_open(task: u64, ret: i64, fd: i64, filename: u64, cgroup_id: u64, ops: 
         return OpenVerdict::NONE;
     }
     let Some(buf) = policy::scratch() else { return OpenVerdict::NONE };
-    if ret < 0 {
+    // The path to match: the one asked for when the open failed (nothing
+    // was opened), the opened file's own otherwise — with its identity.
+    let mut by_id = policy::Verdict::NONE;
+    let len = if ret < 0 {
         if filename == 0 {
             return OpenVerdict::NONE;
         }
-        let len = policy::user_path(buf, filename);
-        return OpenVerdict { verdict: policy::match_file(buf, len, st, ops), ..OpenVerdict::NONE };
-    }
-    let Ok(root) = task_root(task) else { return OpenVerdict::UNRESOLVED };
-    let Ok(file) = fd_file(task, fd) else { return OpenVerdict::UNRESOLVED };
-    let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else { return OpenVerdict::UNRESOLVED };
-    policy::identity_begin(buf, st, ops, false);
-    let len = forward_path(buf, dentry, mnt, root);
-    let by_id = policy::unpack(policy::identity_scan(buf, file_inode(file)));
-    if len == 0 {
-        if by_id.action != action::NONE {
-            return OpenVerdict { verdict: by_id, by_identity: true, ..OpenVerdict::UNRESOLVED };
+        policy::user_path(buf, filename)
+    } else {
+        let Ok(root) = task_root(task) else { return OpenVerdict::UNRESOLVED };
+        let Ok(file) = fd_file(task, fd) else { return OpenVerdict::UNRESOLVED };
+        let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else { return OpenVerdict::UNRESOLVED };
+        policy::identity_begin(buf, st, ops, false);
+        let len = forward_path(buf, dentry, mnt, root);
+        by_id = policy::unpack(policy::identity_scan(buf, file_inode(file)));
+        if len == 0 {
+            if by_id.action != action::NONE {
+                return OpenVerdict { verdict: by_id, by_identity: true, ..OpenVerdict::UNRESOLVED };
+            }
+            return OpenVerdict::UNRESOLVED;
         }
-        return OpenVerdict::UNRESOLVED;
-    }
+        len
+    };
     let by_name = policy::match_file(buf, len, st, ops);
+    let resolved_len = if ret < 0 { 0 } else { len };
     if by_id.action > by_name.action {
-        return OpenVerdict { verdict: by_id, by_identity: true, resolved_len: len, unresolved: false };
+        return OpenVerdict { verdict: by_id, by_identity: true, resolved_len, unresolved: false };
     }
-    OpenVerdict { verdict: by_name, resolved_len: len, ..OpenVerdict::NONE }
+    OpenVerdict { verdict: by_name, resolved_len, ..OpenVerdict::NONE }
 }
 
 /// Reads through a descriptor opened elsewhere — inherited across exec,
@@ -364,40 +381,50 @@ fn match_open(task: u64, ret: i64, fd: i64, filename: u64, cgroup_id: u64, ops: 
 /// kill rule guards: the reader dies before the syscall returns to it, as it
 /// would have at the open. Checked at syscall entry, by the file's identity
 /// (no path walk); only while some kill rule guards a file, and only for
-/// descriptors open for reading. Each program is one syscall's entry: the
-/// descriptor is argument `$arg`.
-macro_rules! read_guards {
-    ($($name:ident => ($arg:expr, $syscall:expr)),* $(,)?) => {$(
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            match try_guard_read(&ctx, $arg, $syscall) {
-                Ok(v) | Err(v) => v,
-            }
-        }
-    )*};
+/// descriptors open for reading. One program attached to the entry of each
+/// read-family syscall; the record's `__syscall_nr` says which, and where the
+/// descriptor is.
+#[tracepoint]
+pub fn sys_enter_read_family(ctx: TracePointContext) -> u32 {
+    match try_guard_read(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
 }
 
-read_guards! {
-    sys_enter_read => (0, open_syscall::READ),
-    sys_enter_readv => (0, open_syscall::READV),
-    sys_enter_pread64 => (0, open_syscall::PREAD64),
-    sys_enter_preadv => (0, open_syscall::PREADV),
-    sys_enter_preadv2 => (0, open_syscall::PREADV2),
-    sys_enter_sendfile64 => (1, open_syscall::SENDFILE),
-    sys_enter_splice => (0, open_syscall::SPLICE),
-    sys_enter_copy_file_range => (0, open_syscall::COPY_FILE_RANGE),
-    sys_enter_mmap => (4, open_syscall::MMAP),
-}
+// x86_64 syscall numbers of the read family.
+const NR_READ: i32 = 0;
+const NR_MMAP: i32 = 9;
+const NR_PREAD64: i32 = 17;
+const NR_READV: i32 = 19;
+const NR_SENDFILE: i32 = 40;
+const NR_SPLICE: i32 = 275;
+const NR_PREADV: i32 = 295;
+const NR_COPY_FILE_RANGE: i32 = 326;
+const NR_PREADV2: i32 = 327;
 
 /// `FMODE_READ`.
 const FMODE_READ: u32 = 1;
 
-fn try_guard_read(ctx: &TracePointContext, arg: usize, syscall: u32) -> Result<u32, u32> {
+fn try_guard_read(ctx: &TracePointContext) -> Result<u32, u32> {
     // The cheapest fact first: an array read, on every read on the node.
     if !policy::guarding_reads() || current_is_agent() || !has(offsets::FILES | offsets::IDENTITY) {
         return Ok(0);
     }
     // sys_enter_* records: the syscall number at 8, the arguments from 16.
+    // SAFETY: reading a field of the tracepoint record.
+    let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.map_err(|_| 0u32)?;
+    let (arg, syscall) = match nr {
+        NR_READ => (0, open_syscall::READ),
+        NR_READV => (0, open_syscall::READV),
+        NR_PREAD64 => (0, open_syscall::PREAD64),
+        NR_PREADV => (0, open_syscall::PREADV),
+        NR_PREADV2 => (0, open_syscall::PREADV2),
+        NR_SENDFILE => (1, open_syscall::SENDFILE),
+        NR_SPLICE => (0, open_syscall::SPLICE),
+        NR_COPY_FILE_RANGE => (0, open_syscall::COPY_FILE_RANGE),
+        NR_MMAP => (4, open_syscall::MMAP),
+        _ => return Ok(0),
+    };
     let fd = field(ctx, 16 + 8 * arg)? as i64;
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };

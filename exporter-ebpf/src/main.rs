@@ -14,6 +14,7 @@ mod cgroup;
 mod counters;
 mod file;
 mod kernel;
+mod lsm;
 mod net;
 mod policy;
 mod probe;

@@ -73,7 +73,7 @@ const ID_ACTION: usize = ID_GEN + 10;
 /// The mount roots a walk left.
 const ID_INODES: usize = ID_GEN + 16;
 /// Mount roots noted per walk (paths cross few mounts).
-const ID_MAX: usize = 8;
+const ID_MAX: usize = 2;
 const SCRATCH: usize = 4096;
 const _: () = assert!(REV_KEY + 4 + PATH_KEY_LEN <= FORWARD_POS && ID_INODES + 8 * ID_MAX <= SCRATCH);
 const _: () = assert!(ID_MAX.is_power_of_two());
@@ -102,6 +102,13 @@ pub fn filtering() -> bool {
 #[inline(always)]
 pub fn guarding_reads() -> bool {
     POLICY_CONFIG.get(0).is_some_and(|c| c.guard_reads[(c.active & 1) as usize] != 0)
+}
+
+/// Whether the active generation holds deny rules of kind `bit`
+/// (`DENY_FILES`, `DENY_EXECS`): the LSM hooks have work only then.
+#[inline(always)]
+pub fn denying(bit: u32) -> bool {
+    POLICY_CONFIG.get(0).is_some_and(|c| c.deny[(c.active & 1) as usize] & bit != 0)
 }
 
 /// (generation, policy mask) for a cgroup.
@@ -310,6 +317,25 @@ pub fn user_path(buf: *mut u8, filename: u64) -> usize {
         )
     };
     // n counts the NUL; a path that filled the window may have been cut.
+    if n <= 1 || n as usize > MAX_MATCH_PATH || unsafe { *buf } != b'/' {
+        return 0;
+    }
+    (n - 1) as usize
+}
+
+/// Copies an absolute kernel path string into `buf[0..len]` (no NUL) for
+/// matching; 0 for a relative one or one longer than `MAX_MATCH_PATH`.
+#[inline(always)]
+pub fn kernel_path(buf: *mut u8, path: u64) -> usize {
+    // SAFETY: buf is the 1024-byte path region of the scratch value; at most
+    // MAX_MATCH_PATH + 1 bytes are written.
+    let n = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(
+            buf as *mut c_void,
+            (MAX_MATCH_PATH + 1) as u32,
+            path as *const c_void,
+        )
+    };
     if n <= 1 || n as usize > MAX_MATCH_PATH || unsafe { *buf } != b'/' {
         return 0;
     }

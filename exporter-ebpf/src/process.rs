@@ -95,38 +95,13 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     counters::add(&key, 0, 0);
 
-    let mut ppid = 0;
-    let mut args_len = 0;
-    if has(offsets::TASK) {
-        ppid = parent_tgid(task).unwrap_or(0);
-    }
-    if has(offsets::ARGS) {
-        if let Ok(mm) = read::<u64>(task, off!(task_mm)) {
-            let start: u64 = read(mm, off!(mm_arg_start)).unwrap_or(0);
-            let end: u64 = read(mm, off!(mm_arg_end)).unwrap_or(0);
-            if end > start {
-                let len = (end - start) as usize;
-                if len > MAX_STR {
-                    rec.flag(flags::ARGS_TRUNCATED);
-                }
-                args_len = rec.push_user_bytes(start, len);
-            }
-        }
-    }
-    let cwd_len = push_cwd(&mut rec, task);
-    // The resolved path is still at the front of the policy scratch buffer.
-    if exe_len > 0 {
-        if let Some(buf) = policy::scratch() {
-            exe_len = rec.push_kernel_bytes(buf, exe_len as usize);
-        }
-    }
-
+    // The strings are appended by one subprogram that reads what it needs
+    // back from the record: the verifier checks that code once, not once
+    // per way the verdict came out.
     let p: &mut Exec = rec.payload();
-    p.ppid = ppid;
     p.filename_len = filename_len;
-    p.args_len = args_len;
-    p.cwd_len = cwd_len;
     p.exe_len = exe_len;
+    push_exec_strings(&mut rec, task);
     rec.emit();
     Ok(0)
 }
@@ -188,4 +163,46 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<u32, u32> {
     p.parent_tgid = parent;
     rec.emit();
     Ok(0)
+}
+
+/// Appends an exec record's argv, cwd and the executed file's resolved path
+/// (still at the front of the policy scratch buffer; its length is in the
+/// payload), and sets ppid and the lengths.
+#[inline(never)]
+fn push_exec_strings(rec: &mut Record, task: u64) {
+    let exe_len = {
+        let p: &mut Exec = rec.payload();
+        // SAFETY: reading the payload this record just wrote.
+        unsafe { core::ptr::read_volatile(&p.exe_len) as usize }
+    };
+    let mut ppid = 0;
+    let mut args_len = 0;
+    if has(offsets::TASK) {
+        ppid = parent_tgid(task).unwrap_or(0);
+    }
+    if has(offsets::ARGS) {
+        if let Ok(mm) = read::<u64>(task, off!(task_mm)) {
+            let start: u64 = read(mm, off!(mm_arg_start)).unwrap_or(0);
+            let end: u64 = read(mm, off!(mm_arg_end)).unwrap_or(0);
+            if end > start {
+                let len = (end - start) as usize;
+                if len > MAX_STR {
+                    rec.flag(flags::ARGS_TRUNCATED);
+                }
+                args_len = rec.push_user_bytes(start, len);
+            }
+        }
+    }
+    let cwd_len = push_cwd(rec, task);
+    let mut pushed = 0;
+    if exe_len > 0 {
+        if let Some(buf) = policy::scratch() {
+            pushed = rec.push_kernel_bytes(buf, exe_len);
+        }
+    }
+    let p: &mut Exec = rec.payload();
+    p.ppid = ppid;
+    p.args_len = args_len;
+    p.cwd_len = cwd_len;
+    p.exe_len = pushed;
 }

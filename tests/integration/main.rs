@@ -12,6 +12,8 @@ mod manifests;
 
 mod agent_sinks;
 mod cli;
+mod crosskernel;
+mod deny;
 mod deploy;
 mod evasion;
 mod exec;

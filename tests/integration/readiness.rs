@@ -106,7 +106,7 @@ fn probe_prints_features_and_each_programs_hook() {
     assert!(
         exec.contains("exec")
             && exec.contains("tracepoint/sched/sched_process_exec")
-            && exec.ends_with("attached")
+            && exec.contains(" attached (")
     );
     let sensors = text.lines().filter(|l| l.starts_with("sensor")).count();
     assert_eq!(sensors, podwatch::kernel::loader::program_names().count(), "one line per program:\n{text}");

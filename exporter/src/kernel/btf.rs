@@ -274,6 +274,12 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         o.sb_dev = get("super_block", "s_dev")?;
         Some(())
     })();
+    let lsm = (|| {
+        o.file_flags = get("file", "f_flags")?;
+        o.bprm_file = get("linux_binprm", "file")?;
+        o.bprm_filename = get("linux_binprm", "filename")?;
+        Some(())
+    })();
     let sock = (|| {
         o.socket_sk = get("socket", "sk")?;
         o.skc_daddr = get("sock_common", "skc_daddr")?;
@@ -325,6 +331,7 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         (uring, offsets::URING),
         (cgroups, offsets::CGROUPS),
         (identity, offsets::IDENTITY),
+        (lsm, offsets::LSM),
     ] {
         if found.is_some() {
             o.available |= bit;
@@ -408,7 +415,7 @@ mod tests {
         };
         let (o, missing) = kernel_offsets(&btf);
         assert!(missing.is_empty(), "missing offsets: {missing:?}");
-        assert_eq!(o.available, 0x3ff);
+        assert_eq!(o.available, 0x7ff);
         // `struct sock_common` starts with the address pair on every kernel since 2.6.
         assert_eq!(o.skc_daddr, 0);
         assert_eq!(o.skc_rcv_saddr, 4);

@@ -26,6 +26,10 @@ pub struct SensorStatus {
     pub attached: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Time spent loading (verifying) and attaching it.
+    pub load_ms: u64,
+    /// Instructions the verifier processed (kernels since 5.16 say).
+    pub verified_insns: Option<u32>,
 }
 
 /// The programs and maps in the kernel, nothing attached yet: the policies
@@ -53,6 +57,8 @@ enum Hook {
     Tracepoint(&'static str, &'static str),
     Raw(&'static str),
     Cgroup,
+    /// A BPF LSM hook (needs `bpf` in the active LSM list).
+    Lsm(&'static str),
 }
 
 const PROGRAMS: &[(&str, Hook)] = &[
@@ -83,17 +89,35 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("connect6", Hook::Cgroup),
     ("sendmsg4", Hook::Cgroup),
     ("sendmsg6", Hook::Cgroup),
+    ("lsm_file_open", Hook::Lsm("file_open")),
+    ("lsm_bprm_check_security", Hook::Lsm("bprm_check_security")),
 ];
 
-/// Every program the agent attaches, by name.
+/// Every program attachment, by name (one per hook: the attachments of a
+/// program shared by several hooks are named after their hook).
 pub fn program_names() -> impl Iterator<Item = &'static str> {
     PROGRAMS.iter().map(|(name, _)| *name)
+}
+
+/// The kernel program behind an attachment. The open-family exits share one
+/// program, as do the read-family entries: the verifier checks each program
+/// once, however many hooks it is attached to.
+fn program_of(attachment: &str) -> &str {
+    match attachment {
+        "sys_exit_open"
+        | "sys_exit_openat"
+        | "sys_exit_openat2"
+        | "sys_exit_creat"
+        | "sys_exit_open_by_handle_at" => "sys_exit_open_family",
+        a if a.starts_with("sys_enter_") => "sys_enter_read_family",
+        a => a,
+    }
 }
 
 /// The sensor a program belongs to, for people and /metrics.
 pub fn sensor_of(program: &str) -> &'static str {
     match program {
-        "sched_process_exec" => "exec",
+        "sched_process_exec" | "lsm_bprm_check_security" => "exec",
         "sched_process_exit" => "exit",
         "sched_process_fork" => "fork",
         "cgroup_mkdir" | "cgroup_mkdir_inherit" => "cgroups",
@@ -180,6 +204,16 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Loaded> {
     }
     // io_uring opens are judged at completion, which names its request only since 5.19.
     let mut unavailable: Vec<(&str, &str)> = Vec::new();
+    // Deny for files and execs needs BPF LSM running: without it the hooks
+    // would load and never be called.
+    if !crate::policy::Capabilities::probe().bpf_lsm {
+        for p in ["lsm_file_open", "lsm_bprm_check_security"] {
+            unavailable.push((
+                p,
+                "BPF LSM is not active on this kernel (/sys/kernel/security/lsm lacks bpf): deny for files and execs is refused at load",
+            ));
+        }
+    }
     match (
         tracepoint_field_offset("io_uring", "io_uring_complete", "req"),
         tracepoint_field_offset("io_uring", "io_uring_complete", "res"),
@@ -247,6 +281,7 @@ impl Loaded {
         let skip = std::env::var("PODWATCH_SKIP_PROGRAMS").unwrap_or_default();
         let mut status = Vec::new();
         for (name, hook) in PROGRAMS {
+            let started = std::time::Instant::now();
             let (hook_desc, result) = if skip.split(',').any(|s| s.trim() == *name) {
                 (hook_desc(name, hook), Err(anyhow::anyhow!("left out by PODWATCH_SKIP_PROGRAMS")))
             } else if let Some((_, why)) = unavailable.iter().find(|(p, _)| p == name) {
@@ -254,15 +289,25 @@ impl Loaded {
             } else {
                 attach(&mut ebpf, name, hook, cgroup_fd.as_ref())
             };
+            let load_ms = started.elapsed().as_millis() as u64;
+            let verified_insns = ebpf
+                .program(program_of(name))
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            let expected = unavailable.iter().any(|(p, _)| p == name);
             match &result {
-                Ok(()) => info!(program = name, hook = %hook_desc, "attached"),
-                Err(e) => warn!(program = name, hook = %hook_desc, "not attached: {e:#}"),
+                Ok(()) => info!(program = name, hook = %hook_desc, load_ms, "attached"),
+                // What this kernel cannot run is a fact about it, not a fault.
+                Err(e) if expected => info!(program = name, hook = %hook_desc, "not used here: {e:#}"),
+                Err(e) => warn!(program = name, hook = %hook_desc, load_ms, "not attached: {e:#}"),
             }
             status.push(SensorStatus {
                 program: (*name).to_owned(),
                 hook: hook_desc,
                 attached: result.is_ok(),
                 error: result.err().map(|e| format!("{e:#}")),
+                load_ms,
+                verified_insns,
             });
         }
         let f = crate::kernel::probe::probe_hooks(&mut ebpf);
@@ -303,17 +348,22 @@ fn hook_desc(name: &str, hook: &Hook) -> String {
         Hook::Tracepoint(c, n) => format!("tracepoint/{c}/{n}"),
         Hook::Raw(n) => format!("raw_tracepoint/{n}"),
         Hook::Cgroup => format!("cgroup/{name}"),
+        Hook::Lsm(h) => format!("lsm/{h}"),
     }
 }
 
 fn attach(ebpf: &mut Ebpf, name: &str, hook: &Hook, cgroup: Option<&File>) -> (String, anyhow::Result<()>) {
     let desc = hook_desc(name, hook);
     let r = (|| -> anyhow::Result<()> {
-        let prog = ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?;
+        let program = program_of(name);
+        let prog = ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?;
         match hook {
             Hook::Tracepoint(category, tp) => {
                 let p: &mut TracePoint = prog.try_into()?;
-                p.load()?;
+                // Shared by several hooks: loaded (verified) once.
+                if p.fd().is_err() {
+                    p.load()?;
+                }
                 p.attach(category, tp)?;
             }
             Hook::Raw(tp) => {
@@ -327,6 +377,12 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: &Hook, cgroup: Option<&File>) -> (S
                 p.load()?;
                 // bpf_link_create takes no flags: cgroup links always coexist with others.
                 p.attach(fd.as_fd(), CgroupAttachMode::Single)?;
+            }
+            Hook::Lsm(h) => {
+                let btf = aya::Btf::from_sys_fs()?;
+                let p: &mut aya::programs::Lsm = prog.try_into()?;
+                p.load(h, &btf)?;
+                p.attach()?;
             }
         }
         Ok(())

@@ -156,7 +156,10 @@ pub fn run() -> anyhow::Result<()> {
     println!("kprobe    {}", yes_no(&f.kprobe));
     for s in &sensors.status {
         let state = match &s.error {
-            None => "attached".to_owned(),
+            None => match s.verified_insns {
+                Some(n) => format!("attached ({} ms, {n} insns verified)", s.load_ms),
+                None => format!("attached ({} ms)", s.load_ms),
+            },
             Some(e) => format!("NOT attached: {}", reason(e)),
         };
         println!(

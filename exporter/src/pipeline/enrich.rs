@@ -166,6 +166,20 @@ impl Enricher {
                 }
                 None
             }
+            Payload::Exec { filename, cwd, executable, .. } if h.flags & flags::EXEC_DENIED != 0 => {
+                // Refused by a deny rule: the process keeps its image, so the
+                // cache is left alone; the event describes the attempt.
+                let cwd = cwd.map(|c| lossless_string(&c));
+                let mut binary = lossless_string(&filename);
+                if let (false, Some(c)) = (binary.starts_with('/'), &cwd) {
+                    binary = normalize(&format!("{c}/{binary}"));
+                }
+                let mut ev = self.base(&h, Kind::Exec);
+                ev.process.binary = Some(binary);
+                ev.process.executable = executable.map(|e| lossless_string(&e));
+                ev.process.args = Vec::new();
+                Some(ev)
+            }
             Payload::Exec { ppid, filename, args, cwd, executable } => {
                 let cwd = cwd.map(|c| lossless_string(&c));
                 let mut binary = lossless_string(&filename);

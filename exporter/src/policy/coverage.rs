@@ -34,6 +34,16 @@ const FILE_KILL: &[&str] = &[
     "sys_enter_mmap",
 ];
 const EXEC: &[&str] = &["sched_process_exec"];
+/// Deny refuses in the BPF LSM hooks; the tracepoints report.
+const FILE_DENY: &[&str] = &[
+    "lsm_file_open",
+    "sys_exit_open",
+    "sys_exit_openat",
+    "sys_exit_openat2",
+    "sys_exit_creat",
+    "sys_exit_open_by_handle_at",
+];
+const EXEC_DENY: &[&str] = &["lsm_bprm_check_security", "sched_process_exec"];
 const TCP_EGRESS: &[&str] = &["connect4", "connect6"];
 const EGRESS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
 const INGRESS: &[&str] = &["sys_exit_accept", "sys_exit_accept4"];
@@ -41,8 +51,10 @@ const INGRESS: &[&str] = &["sys_exit_accept", "sys_exit_accept4"];
 /// The programs a rule is judged in.
 pub fn required(r: &Rule) -> &'static [&'static str] {
     match &r.matcher {
+        Matcher::Exec(_) if r.action == Action::Deny => EXEC_DENY,
         Matcher::Exec(_) => EXEC,
         Matcher::File(_) if r.action == Action::Kill => FILE_KILL,
+        Matcher::File(_) if r.action == Action::Deny => FILE_DENY,
         Matcher::File(_) => FILE,
         Matcher::Network(n) => match (n.direction, n.protocol) {
             (Direction::Ingress, _) => INGRESS,
@@ -111,6 +123,8 @@ mod tests {
             hook: String::new(),
             attached,
             error: (!attached).then(|| "verifier said no\nmore".into()),
+            load_ms: 0,
+            verified_insns: None,
         }
     }
 
@@ -118,7 +132,7 @@ mod tests {
     fn rules_whose_programs_are_missing_are_named() {
         let doc = "apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: {allPods: true}\n  rules:\n  - {name: shadow, action: kill, file: {exact: [/etc/shadow]}}\n  - {name: sh, action: log, exec: {suffix: [/sh]}}\n  - {name: web, action: deny, network: {cidrs: [0.0.0.0/0], protocol: tcp}}\n  - {name: dns, action: log, network: {ports: [53], protocol: udp}}\n";
         let policies = parse(doc, "p.yaml", Capabilities { bpf_lsm: false }).expect("parse");
-        let mut sensors: Vec<_> = FILE.iter().chain(EGRESS).chain(EXEC).map(|p| sensor(p, true)).collect();
+        let mut sensors: Vec<_> = FILE_KILL.iter().chain(EGRESS).chain(EXEC).map(|p| sensor(p, true)).collect();
         assert!(unenforced(&policies, &sensors).is_empty());
         sensors.retain(|s| s.program != "sendmsg6");
         sensors

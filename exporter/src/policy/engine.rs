@@ -87,6 +87,18 @@ fn identity_set(refs: &[podwatch_common::RuleRef]) -> MatchSet {
     set
 }
 
+/// `PolicyConfig::deny` bits: which kinds of deny rule a set holds.
+fn deny_bits(policies: &[Policy]) -> u32 {
+    use super::{Action, Matcher};
+    policies.iter().flat_map(|p| &p.rules).filter(|r| r.action == Action::Deny).fold(0, |bits, r| {
+        bits | match r.matcher {
+            Matcher::File(_) => podwatch_common::DENY_FILES,
+            Matcher::Exec(_) => podwatch_common::DENY_EXECS,
+            Matcher::Network(_) => 0,
+        }
+    })
+}
+
 /// Whether a generation's identity entries hold a kill rule on reading a
 /// file itself (`PolicyConfig::guard_reads`).
 fn guards_reads(ids: &Identities) -> u32 {
@@ -313,6 +325,7 @@ impl PolicyEngine {
         cfg.default_masks[next as usize] = Self::host_mask(&policies);
         cfg.identity[next as usize] = identity_bits(&self.identities[next as usize]);
         cfg.guard_reads[next as usize] = guards_reads(&self.identities[next as usize]);
+        cfg.deny[next as usize] = deny_bits(&policies);
         cfg.active = next as u32;
         cfg.filter = self.filter as u32;
         self.names.extend(&compiled.rules);

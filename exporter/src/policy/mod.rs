@@ -300,9 +300,6 @@ impl TryFrom<RawRule> for Rule {
                      (/sys/kernel/security/lsm lacks bpf); use kill to stop the process, or log"
                 ))
             }
-            (Matcher::Exec(_) | Matcher::File(_), Action::Deny) => {
-                return Err(format!("{at}: action deny on exec and file is not implemented yet; use kill or log"))
-            }
             (Matcher::Network(n), Action::Kill) => {
                 return Err(format!(
                     "{at}: action kill is not available for network rules ({:?}); use deny, which refuses the connection",

@@ -100,11 +100,12 @@ fn duplicate_policy_names_across_files_name_both() {
 }
 
 #[test]
-fn deny_on_files_is_accepted_where_bpf_lsm_exists_only_when_implemented() {
-    let e =
-        parse(&doc(&GOOD.replace("action: kill", "action: deny")), "t.yaml", Capabilities { bpf_lsm: true })
-            .expect_err("not implemented");
-    assert!(e.to_string().contains("not implemented"));
+fn deny_on_files_and_execs_needs_bpf_lsm() {
+    let deny = doc(&GOOD.replace("action: kill", "action: deny"));
+    let p = parse(&deny, "t.yaml", Capabilities { bpf_lsm: true }).expect("BPF LSM: deny loads");
+    assert_eq!(p[0].rules[0].action, Action::Deny);
+    let e = parse(&deny, "t.yaml", Capabilities { bpf_lsm: false }).expect_err("no BPF LSM");
+    assert!(e.to_string().contains("needs BPF LSM"), "{e}");
 }
 
 #[test]
