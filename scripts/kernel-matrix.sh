@@ -8,6 +8,7 @@
 #
 #   scripts/kernel-matrix.sh            # every kernel
 #   PODWATCH_KERNELS="6.1" scripts/kernel-matrix.sh
+#   PODWATCH_KERNEL_TESTS="exec::exec_of_cat_has_binary_args_parent_and_exit_codes" (a subset)
 #
 # Kernels are fetched once from Debian's archive by package name, with a
 # private apt sources file and lists directory (the machine's apt setup is
@@ -141,7 +142,12 @@ printf 'root:*:19000:0:99999:7:::\n' >"$R/etc/shadow" && chmod 640 "$R/etc/shado
 printf 'vm\n' >"$R/etc/hostname"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$R/etc/hosts"
 install -m 755 tests/kernel/init "$R/init"
-grep -v '^#' tests/kernel/tests.txt | awk 'NF { print $1 }' >"$R/tests"
+# PODWATCH_KERNEL_TESTS="a::b c::d" runs those instead of the focused suite.
+if [ -n "${PODWATCH_KERNEL_TESTS:-}" ]; then
+  tr ' ' '\n' <<<"$PODWATCH_KERNEL_TESTS" | awk 'NF' >"$R/tests"
+else
+  grep -v '^#' tests/kernel/tests.txt | awk 'NF { print $1 }' >"$R/tests"
+fi
 echo "$TEST_THREADS" >"$R/threads"
 (cd "$R" && find . | cpio -o -H newc --quiet) >"$WORK/initramfs.cpio"
 log "initramfs: $(du -m "$WORK/initramfs.cpio" | cut -f1) MiB, $(wc -l <"$R/tests") tests"
@@ -196,9 +202,11 @@ report_kernel() {
   p=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$line"); p=${p:-0}
   f=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$line"); f=${f:-0}
   s=$(sed -nE 's/.* ([0-9]+) ignored.*/\1/p' <<<"$line"); s=${s:-0}
-  # Every program must load on every kernel: the probe's summary says so.
-  if ! grep -qE '^podwatch-vm: probe summary +([0-9]+) of \1 programs attached' "$out.txt"; then
-    log "$label: not every program attached (see the probe lines above)"
+  # Every program whose hook the kernel has must load: the probe's summary
+  # says so (hooks a kernel lacks — io_uring's request before 5.19, BPF LSM
+  # outside the LSM list — are listed as not available, with the reason).
+  if ! grep -qE '^podwatch-vm: probe summary +[0-9]+ of [0-9]+ programs attached, [0-9]+ not available on this kernel, 0 failed' "$out.txt"; then
+    log "$label: a program this kernel has the hook for did not attach (see the probe lines above)"
     f=$((f + 1))
   fi
   # The same actions, the same events and counters as on the host.

@@ -100,7 +100,10 @@ pub mod stat {
     pub const RECORDS: u32 = 4;
     /// Per-pod counter entries that could not be created: the COUNTERS map is full.
     pub const COUNTER_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Opens a hook saw but could not hand to the judging stage (its tail
+    /// call failed): neither judged nor counted.
+    pub const OPEN_STAGE_MISS: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// What a `CounterKey` counts. Counters live in the kernel and are updated in

@@ -15,7 +15,10 @@
 //! at exit; userspace joins and normalises them.
 
 use aya_ebpf::{
-    helpers::generated::bpf_get_current_cgroup_id, macros::tracepoint, programs::TracePointContext,
+    helpers::generated::bpf_get_current_cgroup_id,
+    macros::{map, tracepoint},
+    maps::{PerCpuArray, ProgramArray},
+    programs::TracePointContext,
 };
 use podwatch_common::{
     action, counter, file_op, file_ops, flags, kind, offsets, open_syscall, stat, FileOpen, AT_FDCWD,
@@ -174,7 +177,7 @@ fn try_exit_open(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
         syscall,
         known: false,
     });
-    judge_open(task, ret, ret, &args)
+    hand_over(ctx, ret, ret, &args)
 }
 
 /// io_uring's openat and openat2 run in the submitting task, a worker thread
@@ -211,23 +214,132 @@ fn try_uring_complete(ctx: &TracePointContext) -> Result<u32, u32> {
     let args = OpenArgs { filename: 0, flags, dfd: AT_FDCWD, mode: mode as u32, syscall, known: true };
     // A direct descriptor succeeded (res 0) but there is no fd to resolve.
     let fd = if slot != 0 { -1 } else { res as i64 };
-    judge_open(current_task(), res as i64, fd, &args)
+    hand_over(ctx, res as i64, fd, &args)
 }
 
-/// Judges, counts and (when it is to be sent) records an open whose result
-/// is `ret`; `fd` is the descriptor to resolve the opened file from (-1: none).
+/// An open on its way from the hook that saw it to `open_judge`, through a
+/// per-CPU slot (tail calls run on the CPU that made them, uninterrupted).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OpenCall {
+    filename: u64,
+    flags: u64,
+    ret: i64,
+    fd: i64,
+    dfd: i32,
+    mode: u32,
+    syscall: u32,
+    known: u32,
+    /// Left by `open_judge` for `open_verdict`: what the path resolution
+    /// came to (`Resolved`), the path's length at the front of the policy
+    /// scratch buffer, and the identity verdict (packed, `policy::unpack`).
+    resolved: u32,
+    len: u32,
+    by_id: u32,
+}
+
+#[map]
+static OPEN_CALL: PerCpuArray<OpenCall> = PerCpuArray::with_max_entries(1, 0);
+
+/// The open pipeline's later stages, tail-called (filled by the loader):
+/// each is verified on its own, from one starting state, instead of once per
+/// way the earlier stages can reach it. On 5.10 and 6.1, whose verifiers
+/// prune less, one program holding all three does not fit the budget.
+#[map]
+static OPEN_STAGES: ProgramArray = ProgramArray::with_max_entries(3, 0);
+const STAGE_JUDGE: u32 = 0;
+const STAGE_VERDICT: u32 = 1;
+const STAGE_RECORD: u32 = 2;
+
+/// Hands the open to `open_judge`. Without it (not loaded: the loader then
+/// reports the open programs as not attached) nothing more can be done.
 #[inline(always)]
-fn judge_open(task: u64, ret: i64, fd: i64, args: &OpenArgs) -> Result<u32, u32> {
+fn hand_over(ctx: &TracePointContext, ret: i64, fd: i64, args: &OpenArgs) -> Result<u32, u32> {
+    let call = OPEN_CALL.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: a per-CPU map value, ours until the tail call returns.
+    unsafe {
+        *call = OpenCall {
+            filename: args.filename,
+            flags: args.flags,
+            ret,
+            fd,
+            dfd: args.dfd,
+            mode: args.mode,
+            syscall: args.syscall,
+            known: args.known as u32,
+            resolved: Resolved::NoPolicy as u32,
+            len: 0,
+            by_id: 0,
+        };
+        // On success control does not come back.
+        let _ = OPEN_STAGES.tail_call(ctx, STAGE_JUDGE);
+    }
+    count(stat::OPEN_STAGE_MISS);
+    Ok(0)
+}
+
+/// Second stage of every open: resolves the path to judge (the opened
+/// file's, or the one asked for when the open failed) and checks the file's
+/// identity; `open_verdict` matches the path.
+#[tracepoint]
+pub fn open_judge(ctx: TracePointContext) -> u32 {
+    match try_judge(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_judge(ctx: &TracePointContext) -> Result<u32, u32> {
+    let call = OPEN_CALL.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: a per-CPU map value, filled by the stage that tail-called us.
+    let c = unsafe { *call };
+    let ops = if c.known != 0 { file_ops(c.flags) } else { 0x1f };
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let (resolved, len, by_id) = resolve_open(current_task(), c.ret, c.fd, c.filename, cgroup_id, ops);
+    // SAFETY: as above.
+    unsafe {
+        (*call).resolved = resolved as u32;
+        (*call).len = len as u32;
+        (*call).by_id = by_id;
+        let _ = OPEN_STAGES.tail_call(ctx, STAGE_VERDICT);
+    }
+    count(stat::OPEN_STAGE_MISS);
+    Ok(0)
+}
+
+/// Third stage of every open: matches the resolved path, counts, kills, and
+/// (when it is to be sent) starts the record, whose strings `open_record`
+/// appends.
+#[tracepoint]
+pub fn open_verdict(ctx: TracePointContext) -> u32 {
+    match try_verdict(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_verdict(ctx: &TracePointContext) -> Result<u32, u32> {
+    // SAFETY: a per-CPU map value, filled by the earlier stages.
+    let c = unsafe { *OPEN_CALL.get_ptr(0).ok_or(0u32)? };
     // The verdict and the counter come first, from the cheapest facts: the
     // record (the user's string, the cwd walk) is built only when it is sent.
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let failed = (ret < 0) as u8;
-    let (op, ops) =
-        if args.known { (file_op(args.flags), file_ops(args.flags)) } else { (file_op::OPEN, 0x1f) };
-    let mut judged = match_open(task, ret, fd, args.filename, cgroup_id, ops);
+    let failed = (c.ret < 0) as u8;
+    let (op, ops) = if c.known != 0 { (file_op(c.flags), file_ops(c.flags)) } else { (file_op::OPEN, 0x1f) };
+    let by_id = policy::unpack(c.by_id);
+    let mut judged = if c.resolved == Resolved::Path as u32 {
+        match_resolved(c.len as usize, c.ret < 0, by_id, cgroup_id, ops)
+    } else if c.resolved == Resolved::Unresolved as u32 {
+        if by_id.action != action::NONE {
+            OpenVerdict { verdict: by_id, by_identity: true, ..OpenVerdict::UNRESOLVED }
+        } else {
+            OpenVerdict::UNRESOLVED
+        }
+    } else {
+        OpenVerdict::NONE
+    };
     // Refused by the BPF LSM hook: its verdict, which saw the file itself.
-    if ret == -(EPERM as i64) {
+    if c.ret == -(EPERM as i64) {
         if let Some(d) = crate::lsm::take_denial() {
             judged.verdict = policy::Verdict { rule: d.rule, action: d.action };
             judged.by_identity = d.flags & flags::MATCHED_IDENTITY != 0;
@@ -256,19 +368,32 @@ fn judge_open(task: u64, ret: i64, fd: i64, args: &OpenArgs) -> Result<u32, u32>
     if judged.by_identity {
         rec.flag(flags::MATCHED_IDENTITY);
     }
-    // The fixed fields first; the strings are appended by one subprogram
-    // that reads what it needs back from the record. The verifier then
-    // checks the string code once, not once per way the verdict came out.
     let p: &mut FileOpen = rec.payload();
-    p.syscall = args.syscall;
-    p.dfd = args.dfd;
-    p.flags = args.flags;
-    p.mode = args.mode;
-    p.ret = ret as i32;
+    p.syscall = c.syscall;
+    p.dfd = c.dfd;
+    p.flags = c.flags;
+    p.mode = c.mode;
+    p.ret = c.ret as i32;
     p.resolved_len = judged.resolved_len as u32;
-    push_open_paths(&mut rec, task, args.filename);
+    // SAFETY: a tail call to a tracepoint program; on success control does not come back.
+    let _ = unsafe { OPEN_STAGES.tail_call(ctx, STAGE_RECORD) };
+    // Only when the record stage is missing: send what is known.
+    p.resolved_len = 0;
     rec.emit();
     Ok(0)
+}
+
+/// Last stage of an open: the record's strings (see `push_open_paths`),
+/// appended to the header and payload `open_judge` left in the record
+/// scratch buffer.
+#[tracepoint]
+pub fn open_record(_ctx: TracePointContext) -> u32 {
+    let Some(mut rec) = Record::resume() else { return 0 };
+    // SAFETY: a per-CPU map value, filled by the first stage.
+    let Some(filename) = OPEN_CALL.get_ptr(0).map(|c| unsafe { (*c).filename }) else { return 0 };
+    push_open_paths(&mut rec, current_task(), filename);
+    rec.emit();
+    0
 }
 
 /// Appends an open record's strings — the path as passed; when it is
@@ -302,6 +427,17 @@ fn push_open_paths(rec: &mut Record, task: u64, filename: u64) {
     p.resolved_len = resolved;
 }
 
+/// What `open_judge` came to.
+#[derive(Clone, Copy)]
+enum Resolved {
+    /// No policy applies to the cgroup (or nothing to match): no verdict.
+    NoPolicy = 0,
+    /// An opened file whose path could not be resolved.
+    Unresolved = 1,
+    /// A path to match at the front of the policy scratch buffer.
+    Path = 2,
+}
+
 /// How an open was judged.
 struct OpenVerdict {
     verdict: policy::Verdict,
@@ -329,7 +465,7 @@ impl OpenVerdict {
     };
 }
 
-/// The policy verdict for an open. A successful open is matched on the
+/// What an open is judged on (`open_verdict` matches it). A successful open is matched on the
 /// opened file's own path (resolved: `..`, symlinks and relative paths cannot
 /// dodge a rule) and on its identity (device and inode of the file and of
 /// every directory above it: a hardlink or bind mount cannot either); a
@@ -338,38 +474,51 @@ impl OpenVerdict {
 /// whose path cannot be resolved, in a cgroup some policy applies to, is
 /// logged as unresolved rather than passed as unmatched.
 #[inline(always)]
-fn match_open(task: u64, ret: i64, fd: i64, filename: u64, cgroup_id: u64, ops: u8) -> OpenVerdict {
+fn resolve_open(
+    task: u64,
+    ret: i64,
+    fd: i64,
+    filename: u64,
+    cgroup_id: u64,
+    ops: u8,
+) -> (Resolved, usize, u32) {
     let st = policy::state(cgroup_id);
     // No policy applies to this cgroup: no path work at all.
     if st.1 == 0 {
-        return OpenVerdict::NONE;
+        return (Resolved::NoPolicy, 0, 0);
     }
-    let Some(buf) = policy::scratch() else { return OpenVerdict::NONE };
+    let Some(buf) = policy::scratch() else { return (Resolved::NoPolicy, 0, 0) };
     // The path to match: the one asked for when the open failed (nothing
     // was opened), the opened file's own otherwise — with its identity.
-    let mut by_id = policy::Verdict::NONE;
-    let len = if ret < 0 {
+    if ret < 0 {
         if filename == 0 {
-            return OpenVerdict::NONE;
+            return (Resolved::NoPolicy, 0, 0);
         }
-        policy::user_path(buf, filename)
-    } else {
-        let Ok(root) = task_root(task) else { return OpenVerdict::UNRESOLVED };
-        let Ok(file) = fd_file(task, fd) else { return OpenVerdict::UNRESOLVED };
-        let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else { return OpenVerdict::UNRESOLVED };
-        policy::identity_begin(buf, st, ops, false);
-        let len = forward_path(buf, dentry, mnt, root);
-        by_id = policy::unpack(policy::identity_scan(buf, file_inode(file)));
-        if len == 0 {
-            if by_id.action != action::NONE {
-                return OpenVerdict { verdict: by_id, by_identity: true, ..OpenVerdict::UNRESOLVED };
-            }
-            return OpenVerdict::UNRESOLVED;
-        }
-        len
-    };
+        return (Resolved::Path, policy::user_path(buf, filename), 0);
+    }
+    let Ok(root) = task_root(task) else { return (Resolved::Unresolved, 0, 0) };
+    let Ok(file) = fd_file(task, fd) else { return (Resolved::Unresolved, 0, 0) };
+    let Ok((dentry, mnt)) = path_at(file, off!(file_path)) else { return (Resolved::Unresolved, 0, 0) };
+    policy::identity_begin(buf, st, ops, false);
+    let len = forward_path(buf, dentry, mnt, root);
+    let by_id = policy::identity_scan(buf, file_inode(file));
+    if len == 0 {
+        return (Resolved::Unresolved, 0, by_id);
+    }
+    (Resolved::Path, len, by_id)
+}
+
+/// The verdict on a path `resolve_open` left at the front of the policy
+/// scratch buffer: by name, or by identity when that is stronger.
+#[inline(always)]
+fn match_resolved(len: usize, failed: bool, by_id: policy::Verdict, cgroup_id: u64, ops: u8) -> OpenVerdict {
+    let st = policy::state(cgroup_id);
+    let Some(buf) = policy::scratch() else { return OpenVerdict::NONE };
+    if st.1 == 0 || len == 0 {
+        return OpenVerdict::NONE;
+    }
     let by_name = policy::match_file(buf, len, st, ops);
-    let resolved_len = if ret < 0 { 0 } else { len };
+    let resolved_len = if failed { 0 } else { len };
     if by_id.action > by_name.action {
         return OpenVerdict { verdict: by_id, by_identity: true, resolved_len, unresolved: false };
     }
@@ -425,6 +574,8 @@ fn try_guard_read(ctx: &TracePointContext) -> Result<u32, u32> {
         NR_MMAP => (4, open_syscall::MMAP),
         _ => return Ok(0),
     };
+    let arg = policy::launder(0, arg as u64) as usize & 7;
+    let syscall = policy::launder(1, syscall as u64) as u32;
     let fd = field(ctx, 16 + 8 * arg)? as i64;
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };

@@ -273,22 +273,28 @@ pub fn forward_path(out: *mut u8, dentry: u64, vfsmnt: u64, root: (u64, u64)) ->
         },
     );
     let pos = get();
-    if !reached_root || pos == 0 || pos > WINDOW {
-        return 0;
-    }
-    if pos == WINDOW {
+    let len = if !reached_root || pos == 0 || pos > WINDOW {
+        0
+    } else if pos == WINDOW {
         // The root itself.
         // SAFETY: inside the buffer.
         unsafe { *out = b'/' };
-        return 1;
-    }
-    let at = get() & (WINDOW - 1);
-    let len = (WINDOW - at) & (WINDOW - 1);
-    // SAFETY: source and destination lie inside the buffer.
-    unsafe {
-        bpf_probe_read_kernel(out as *mut c_void, len as u32, out.add(WINDOW + at) as *const c_void);
-    }
-    len
+        1
+    } else {
+        let at = get() & (WINDOW - 1);
+        let len = (WINDOW - at) & (WINDOW - 1);
+        // SAFETY: source and destination lie inside the buffer.
+        unsafe {
+            bpf_probe_read_kernel(out as *mut c_void, len as u32, out.add(WINDOW + at) as *const c_void);
+        }
+        len
+    };
+    // The length goes back through the buffer: the verifiers of 5.10 and
+    // 6.1 otherwise concluded, wrongly, that no call returns a length, and
+    // removed the callers' code for resolved paths as dead (every open
+    // judged unresolved; the matrix's file tests caught it).
+    set(len);
+    get()
 }
 
 /// The resolved path of the file a task's image was loaded from

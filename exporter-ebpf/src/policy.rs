@@ -74,7 +74,12 @@ const ID_ACTION: usize = ID_GEN + 10;
 const ID_INODES: usize = ID_GEN + 16;
 /// Mount roots noted per walk (paths cross few mounts).
 const ID_MAX: usize = 2;
+/// `match_path`'s key length.
+const HEAD_SLOT: usize = ID_INODES + 8 * ID_MAX;
+/// `launder`'s slots.
+const LAUNDER: usize = HEAD_SLOT + 8;
 const SCRATCH: usize = 4096;
+const _: () = assert!(LAUNDER + 8 * 8 <= SCRATCH);
 const _: () = assert!(REV_KEY + 4 + PATH_KEY_LEN <= FORWARD_POS && ID_INODES + 8 * ID_MAX <= SCRATCH);
 const _: () = assert!(ID_MAX.is_power_of_two());
 const _: () = assert!(MAX_MATCH_PATH < FORWARD_WINDOW);
@@ -323,6 +328,24 @@ pub fn user_path(buf: *mut u8, filename: u64) -> usize {
     (n - 1) as usize
 }
 
+/// `v`, as the verifier will see it: an unknown value, after a round trip
+/// through map memory (slot 0..8). A value known exactly on each of several
+/// paths (which syscall this is, which argument holds the descriptor) keeps
+/// those paths apart in the verifier for the rest of the program, each
+/// checked on its own; laundered, they merge. On 5.10/6.1, whose verifiers
+/// prune less, that is the difference between fitting the one-million
+/// instruction budget and not.
+#[inline(always)]
+pub fn launder(slot: usize, v: u64) -> u64 {
+    let Some(buf) = scratch() else { return v };
+    // SAFETY: the slot lies inside the scratch value (asserted above).
+    unsafe {
+        let p = buf.add(LAUNDER + (slot & 7) * 8) as *mut u64;
+        core::ptr::write_volatile(p, v);
+        core::ptr::read_volatile(p)
+    }
+}
+
 /// Copies an absolute kernel path string into `buf[0..len]` (no NUL) for
 /// matching; 0 for a relative one or one longer than `MAX_MATCH_PATH`.
 #[inline(always)]
@@ -362,7 +385,16 @@ fn match_path(
         return v;
     }
     let len = crate::record::opaque(len) & (FORWARD_WINDOW - 1);
-    let (head, exact) = if len > KEY { (KEY, false) } else { (len, true) };
+    let exact = len <= KEY;
+    // The key's length goes through map memory: 6.1's verifier kept
+    // contradictory bounds for it from the two branches of the min
+    // (umin 255 > umax 253) and refused the key write as a scalar access.
+    // SAFETY: the slot lies inside the scratch value.
+    let head = unsafe {
+        let slot = buf.add(HEAD_SLOT) as *mut u32;
+        core::ptr::write_volatile(slot, if exact { len } else { KEY } as u32);
+        core::ptr::read_volatile(slot) as usize & 255
+    };
     // SAFETY: every offset below is masked into the scratch value.
     unsafe {
         // Forward key: prefix_len u32, gen, path, NUL (the NUL only when the

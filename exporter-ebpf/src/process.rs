@@ -68,6 +68,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         // The walk also checks the binary's identity (and its directories').
         policy::identity_begin(buf, st, 0, true);
         let (len, exe) = exe_path(task, buf);
+        let len = policy::launder(1, len as u64) as usize;
         let by_id = policy::unpack(policy::identity_scan(buf, file_inode(exe)));
         if by_id.action > verdict.action {
             verdict = by_id;

@@ -145,6 +145,12 @@ impl Record {
         Some(rec)
     }
 
+    /// The record a program that tail-called this one was assembling.
+    #[inline(always)]
+    pub fn resume() -> Option<Record> {
+        Some(Record { buf: SCRATCH.get_ptr_mut(0)? as *mut u8 })
+    }
+
     #[inline(always)]
     pub fn header(&mut self) -> &mut Header {
         // SAFETY: the header lives at offset 0 of the scratch buffer.

@@ -24,6 +24,8 @@ pub struct SensorStatus {
     pub program: String,
     pub hook: String,
     pub attached: bool,
+    /// False when this kernel lacks the hook (a fact about it, not a fault).
+    pub available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Time spent loading (verifying) and attaching it.
@@ -277,15 +279,20 @@ impl Loaded {
     /// reported and skipped, except exec.
     pub fn attach(self) -> anyhow::Result<Sensors> {
         let Loaded { mut ebpf, offsets, cgroup_fd, unavailable } = self;
+        // The open programs hand every open to their later stages by tail
+        // call: without those they judge nothing, so they do not attach.
+        let (mut status, stages) = load_open_stages(&mut ebpf);
         // Operators (and the readiness tests) can leave programs out by name.
         let skip = std::env::var("PODWATCH_SKIP_PROGRAMS").unwrap_or_default();
-        let mut status = Vec::new();
         for (name, hook) in PROGRAMS {
             let started = std::time::Instant::now();
+            let needs_stages = matches!(program_of(name), "sys_exit_open_family" | "io_uring_complete");
             let (hook_desc, result) = if skip.split(',').any(|s| s.trim() == *name) {
                 (hook_desc(name, hook), Err(anyhow::anyhow!("left out by PODWATCH_SKIP_PROGRAMS")))
             } else if let Some((_, why)) = unavailable.iter().find(|(p, _)| p == name) {
                 (hook_desc(name, hook), Err(anyhow::anyhow!("{why}")))
+            } else if let (true, Err(why)) = (needs_stages, &stages) {
+                (hook_desc(name, hook), Err(anyhow::anyhow!("the open stages did not load: {why}")))
             } else {
                 attach(&mut ebpf, name, hook, cgroup_fd.as_ref())
             };
@@ -305,6 +312,7 @@ impl Loaded {
                 program: (*name).to_owned(),
                 hook: hook_desc,
                 attached: result.is_ok(),
+                available: !expected,
                 error: result.err().map(|e| format!("{e:#}")),
                 load_ms,
                 verified_insns,
@@ -320,6 +328,59 @@ impl Loaded {
         let counters = PerCpuHashMap::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         Ok(Sensors { ebpf, status, events, stats, counters, offsets })
     }
+}
+
+/// The open pipeline's tail-called stages, in `OPEN_STAGES` order.
+const OPEN_STAGES: [&str; 3] = ["open_judge", "open_verdict", "open_record"];
+
+/// Loads the open pipeline's later stages and puts them in `OPEN_STAGES`:
+/// a status line for each (they are programs of their own, verified on
+/// their own), and whether all of them are in place.
+fn load_open_stages(ebpf: &mut Ebpf) -> (Vec<SensorStatus>, Result<(), String>) {
+    let mut status = Vec::new();
+    let mut fds = Vec::new();
+    let mut failed = None;
+    for name in OPEN_STAGES {
+        let started = std::time::Instant::now();
+        let loaded = (|| -> anyhow::Result<aya::programs::ProgramFd> {
+            let prog: &mut TracePoint =
+                ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            Ok(prog.fd()?.try_clone()?)
+        })();
+        let load_ms = started.elapsed().as_millis() as u64;
+        let verified_insns =
+            ebpf.program(name).and_then(|p| p.info().ok()).and_then(|i| i.verified_instruction_count());
+        match &loaded {
+            Ok(_) => info!(program = name, load_ms, "loaded (tail-called by the open programs)"),
+            Err(e) => warn!(program = name, load_ms, "not loaded: {e:#}"),
+        }
+        status.push(SensorStatus {
+            program: name.to_owned(),
+            hook: "tail call from the open programs".to_owned(),
+            attached: loaded.is_ok(),
+            available: true,
+            error: loaded.as_ref().err().map(|e| format!("{e:#}")),
+            load_ms,
+            verified_insns,
+        });
+        match loaded {
+            Ok(fd) => fds.push(fd),
+            Err(e) => failed = failed.or(Some(format!("{e:#}"))),
+        }
+    }
+    if let Some(why) = failed {
+        return (status, Err(why));
+    }
+    let filled = (|| -> anyhow::Result<()> {
+        let mut array =
+            aya::maps::ProgramArray::try_from(ebpf.map_mut("OPEN_STAGES").context("OPEN_STAGES map")?)?;
+        for (i, fd) in fds.iter().enumerate() {
+            array.set(i as u32, fd, 0).context("filling OPEN_STAGES")?;
+        }
+        Ok(())
+    })();
+    (status, filled.map_err(|e| format!("{e:#}")))
 }
 
 /// A field's offset in a tracepoint record, from tracefs's format file.

@@ -169,7 +169,12 @@ pub fn run() -> anyhow::Result<()> {
             s.hook
         );
     }
-    let down = sensors.status.iter().filter(|s| !s.attached).count();
-    println!("summary   {} of {} programs attached", sensors.status.len() - down, sensors.status.len());
+    let up = sensors.status.iter().filter(|s| s.attached).count();
+    let absent = sensors.status.iter().filter(|s| !s.attached && !s.available).count();
+    println!(
+        "summary   {up} of {} programs attached, {absent} not available on this kernel, {} failed",
+        sensors.status.len(),
+        sensors.status.len() - up - absent
+    );
     Ok(())
 }

@@ -122,6 +122,7 @@ mod tests {
             program: program.into(),
             hook: String::new(),
             attached,
+            available: true,
             error: (!attached).then(|| "verifier said no\nmore".into()),
             load_ms: 0,
             verified_insns: None,
@@ -132,7 +133,8 @@ mod tests {
     fn rules_whose_programs_are_missing_are_named() {
         let doc = "apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: {allPods: true}\n  rules:\n  - {name: shadow, action: kill, file: {exact: [/etc/shadow]}}\n  - {name: sh, action: log, exec: {suffix: [/sh]}}\n  - {name: web, action: deny, network: {cidrs: [0.0.0.0/0], protocol: tcp}}\n  - {name: dns, action: log, network: {ports: [53], protocol: udp}}\n";
         let policies = parse(doc, "p.yaml", Capabilities { bpf_lsm: false }).expect("parse");
-        let mut sensors: Vec<_> = FILE_KILL.iter().chain(EGRESS).chain(EXEC).map(|p| sensor(p, true)).collect();
+        let mut sensors: Vec<_> =
+            FILE_KILL.iter().chain(EGRESS).chain(EXEC).map(|p| sensor(p, true)).collect();
         assert!(unenforced(&policies, &sensors).is_empty());
         sensors.retain(|s| s.program != "sendmsg6");
         sensors

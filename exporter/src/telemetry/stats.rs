@@ -16,6 +16,7 @@ pub struct AgentStats {
     pub kernel_records: AtomicU64,
     pub kernel_read_errors: AtomicU64,
     pub kernel_open_args_misses: AtomicU64,
+    pub kernel_open_stage_misses: AtomicU64,
     pub kernel_sock_owner_misses: AtomicU64,
     /// Per-pod counter entries the kernel could not create (map full).
     pub kernel_counter_full: AtomicU64,
@@ -44,6 +45,7 @@ pub struct StatsSnapshot {
     pub kernel_records: u64,
     pub kernel_read_errors: u64,
     pub kernel_open_args_misses: u64,
+    pub kernel_open_stage_misses: u64,
     pub kernel_sock_owner_misses: u64,
     pub records_read: u64,
     pub decode_errors: DecodeErrors,
@@ -74,6 +76,7 @@ impl AgentStats {
         self.kernel_records.store(sum(stat::RECORDS), Relaxed);
         self.kernel_read_errors.store(sum(stat::READ_ERRORS), Relaxed);
         self.kernel_open_args_misses.store(sum(stat::OPEN_ARGS_MISS), Relaxed);
+        self.kernel_open_stage_misses.store(sum(stat::OPEN_STAGE_MISS), Relaxed);
         self.kernel_sock_owner_misses.store(sum(stat::SOCK_OWNER_MISS), Relaxed);
         self.kernel_counter_full.store(sum(stat::COUNTER_FULL), Relaxed);
     }
@@ -96,6 +99,7 @@ impl AgentStats {
             kernel_records: g(&self.kernel_records),
             kernel_read_errors: g(&self.kernel_read_errors),
             kernel_open_args_misses: g(&self.kernel_open_args_misses),
+            kernel_open_stage_misses: g(&self.kernel_open_stage_misses),
             kernel_sock_owner_misses: g(&self.kernel_sock_owner_misses),
             records_read: g(&self.records_read),
             decode_errors: DecodeErrors {

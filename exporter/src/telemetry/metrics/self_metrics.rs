@@ -38,6 +38,12 @@ impl Metrics {
             "Kernel memory reads that failed in the probes.",
             s.kernel_read_errors,
         )?;
+        counter(
+            encoder,
+            "podwatch_kernel_opens_unjudged",
+            "Opens a hook saw but could not hand to the judging program (neither judged nor counted).",
+            s.kernel_open_stage_misses,
+        )?;
         {
             let mut m = encoder.encode_descriptor(
                 "podwatch_kernel_map_insert_failures",
