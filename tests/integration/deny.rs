@@ -34,11 +34,19 @@ fn deny_refuses_opens_and_execs_and_the_process_lives_on() {
     std::fs::create_dir(&guarded).expect("mkdir");
     let tool = guarded.join("tool");
     std::fs::copy(workload(), &tool).expect("copy");
+    // A file of this test's own: tests run side by side, each with an agent
+    // enforcing its policies on every pod, so a shared target such as
+    // /etc/shadow would meet another test's kill rule.
+    let secret = std::fs::canonicalize(base.path()).expect("canonical").join("secret");
+    std::fs::write(&secret, "s3cret\n").expect("write secret");
+    let secret_dir = secret.parent().expect("parent").display().to_string();
+    let secret = secret.display().to_string();
     let policies = tempfile::tempdir().expect("tmp");
     std::fs::write(
         policies.path().join("deny.yaml"),
         format!(
-            "apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: refuse\nspec:\n  selector: {{allPods: true}}\n  rules:\n  - name: no-shadow\n    action: deny\n    file: {{exact: [/etc/shadow], operations: [read]}}\n  - name: no-guarded-exec\n    action: deny\n    exec: {{directory: [{}]}}\n",
+            "apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata:\n  name: refuse\nspec:\n  selector: {{allPods: true}}\n  rules:\n  - name: no-secret\n    action: deny\n    file: {{exact: [{}], operations: [read]}}\n  - name: no-guarded-exec\n    action: deny\n    exec: {{directory: [{}]}}\n",
+            secret,
             guarded.display()
         ),
     )
@@ -48,17 +56,25 @@ fn deny_refuses_opens_and_execs_and_the_process_lives_on() {
         Agent::start_with(&["--events", "matched", "--policy-dir", &policies.path().display().to_string()]);
 
     // Opens: plain, read+write, relative. Exit 0: refused with EPERM, and alive to say so.
-    for (what, script) in [
-        ("O_RDONLY", "import os, sys\ntry:\n    os.open('/etc/shadow', os.O_RDONLY)\n    sys.exit(10)\nexcept PermissionError:\n    sys.exit(0)\n"),
-        ("O_RDWR", "import os, sys\ntry:\n    os.open('/etc/shadow', os.O_RDWR)\n    sys.exit(10)\nexcept PermissionError:\n    sys.exit(0)\n"),
-        ("relative", "import os, sys\nos.chdir('/etc')\ntry:\n    os.open('shadow', os.O_RDONLY)\n    sys.exit(10)\nexcept PermissionError:\n    sys.exit(0)\n"),
-    ] {
-        let (pid, status) = run(command_in(Some(&pod.cgroup), "/usr/bin/python3", &["-c", script]));
-        assert_eq!(status.code(), Some(0), "{what}: the open must fail with EPERM and the process live: {status:?}");
+    let open = |flags: &str| {
+        format!("import os, sys\ntry:\n    os.open('{secret}', {flags})\n    sys.exit(10)\nexcept PermissionError:\n    sys.exit(0)\n")
+    };
+    let relative = format!(
+        "import os, sys\nos.chdir('{secret_dir}')\ntry:\n    os.open('secret', os.O_RDONLY)\n    sys.exit(10)\nexcept PermissionError:\n    sys.exit(0)\n"
+    );
+    for (what, script) in
+        [("O_RDONLY", open("os.O_RDONLY")), ("O_RDWR", open("os.O_RDWR")), ("relative", relative)]
+    {
+        let (pid, status) = run(command_in(Some(&pod.cgroup), "/usr/bin/python3", &["-c", &script]));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{what}: the open must fail with EPERM and the process live: {status:?}"
+        );
         let e = agent.expect_one(what, |e| e.process.pid == pid && e.kind == Kind::File);
         let f = e.file.as_ref().expect("file");
         assert_eq!(f.result, "EPERM", "{what}");
-        assert_eq!((e.action.as_deref(), e.rule.as_deref()), (Some("deny"), Some("no-shadow")), "{what}");
+        assert_eq!((e.action.as_deref(), e.rule.as_deref()), (Some("deny"), Some("no-secret")), "{what}");
     }
 
     // Exec: refused, the caller goes on; the binary never ran (it would create the marker).
@@ -80,7 +96,7 @@ fn deny_refuses_opens_and_execs_and_the_process_lives_on() {
     assert_eq!(e.process.executable.as_deref(), Some(t.as_str()));
 
     // Outside the selected pods both work.
-    let (_, status) = run(command_in(None, "/bin/cat", &["/etc/shadow"]));
+    let (_, status) = run(command_in(None, "/bin/cat", &[secret.as_str()]));
     assert!(status.success(), "{status:?}");
     let (_, status) = run_fresh_binary(|| command_in(None, &t, &["create", &marker.display().to_string()]));
     assert!(status.success() && marker.exists(), "{status:?}");
