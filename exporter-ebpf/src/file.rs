@@ -272,7 +272,7 @@ fn hand_over(ctx: &TracePointContext, ret: i64, fd: i64, args: &OpenArgs) -> Res
             by_id: 0,
         };
         // On success control does not come back.
-        let _ = OPEN_STAGES.tail_call(ctx, STAGE_JUDGE);
+        OPEN_STAGES.tail_call(ctx, STAGE_JUDGE);
     }
     count(stat::OPEN_STAGE_MISS);
     Ok(0)
@@ -301,7 +301,7 @@ fn try_judge(ctx: &TracePointContext) -> Result<u32, u32> {
         (*call).resolved = resolved as u32;
         (*call).len = len as u32;
         (*call).by_id = by_id;
-        let _ = OPEN_STAGES.tail_call(ctx, STAGE_VERDICT);
+        OPEN_STAGES.tail_call(ctx, STAGE_VERDICT);
     }
     count(stat::OPEN_STAGE_MISS);
     Ok(0)
@@ -376,7 +376,7 @@ fn try_verdict(ctx: &TracePointContext) -> Result<u32, u32> {
     p.ret = c.ret as i32;
     p.resolved_len = judged.resolved_len as u32;
     // SAFETY: a tail call to a tracepoint program; on success control does not come back.
-    let _ = unsafe { OPEN_STAGES.tail_call(ctx, STAGE_RECORD) };
+    unsafe { OPEN_STAGES.tail_call(ctx, STAGE_RECORD) };
     // Only when the record stage is missing: send what is known.
     p.resolved_len = 0;
     rec.emit();
