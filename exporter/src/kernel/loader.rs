@@ -95,10 +95,11 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("lsm_bprm_check_security", Hook::Lsm("bprm_check_security")),
 ];
 
-/// Every program attachment, by name (one per hook: the attachments of a
-/// program shared by several hooks are named after their hook).
+/// Every program the agent reports on, by name: the open pipeline's
+/// tail-called stages, then one per hook (the attachments of a program
+/// shared by several hooks are named after their hook).
 pub fn program_names() -> impl Iterator<Item = &'static str> {
-    PROGRAMS.iter().map(|(name, _)| *name)
+    OPEN_STAGES.iter().copied().chain(PROGRAMS.iter().map(|(name, _)| *name))
 }
 
 /// The kernel program behind an attachment. The open-family exits share one
