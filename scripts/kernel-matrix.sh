@@ -7,7 +7,7 @@
 # The host kernel is covered by the host suite (scripts/test.sh).
 #
 #   scripts/kernel-matrix.sh            # every kernel
-#   PODWATCH_KERNELS="6.1" scripts/kernel-matrix.sh
+#   PODWATCH_KERNELS="6.1 5.10+lsm" scripts/kernel-matrix.sh
 #   PODWATCH_KERNEL_TESTS="exec::exec_of_cat_has_binary_args_parent_and_exit_codes" (a subset)
 #
 # Kernels are fetched once from Debian's archive by package name, with a
@@ -20,7 +20,10 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 export PATH="$HOME/.cargo/bin:$PATH"
 CACHE=${PODWATCH_KERNEL_CACHE:-/var/cache/podwatch/kernels}
-KERNELS=${PODWATCH_KERNELS-"5.10 6.1 6.12"} # empty: build and pack only
+# A series, or series+lsm: booted with BPF LSM added to the LSM list (5.10
+# has it built in but not active by default, as on many distributions).
+KERNELS=${PODWATCH_KERNELS-"5.10 5.10+lsm 6.1 6.12"} # empty: build and pack only
+LSM_LIST=lockdown,capability,yama,apparmor,tomoyo,bpf
 VM_SMP=${PODWATCH_VM_SMP:-1}
 VM_MEM=${PODWATCH_VM_MEM:-1536}
 VM_TIMEOUT=${PODWATCH_VM_TIMEOUT:-1200}
@@ -209,6 +212,16 @@ report_kernel() {
     log "$label: a program this kernel has the hook for did not attach (see the probe lines above)"
     f=$((f + 1))
   fi
+  # Where BPF LSM is meant to be active the deny test must have run there,
+  # not skipped: the kernel's LSM list must name bpf.
+  case "$label" in
+    *+lsm | 6.1 | 6.12)
+      if ! grep -qE '^podwatch-vm: lsm .*(^|[ ,])bpf(,|$)' "$out.txt"; then
+        log "$label: BPF LSM is not active, so deny was not tested here"
+        f=$((f + 1))
+      fi
+      ;;
+  esac
   # The same actions, the same events and counters as on the host.
   if grep -q "$DIGEST_TEST" "$R/tests"; then
     sed -nE 's/^podwatch-vm: digest //p' "$out.txt" >"$out.digest"
@@ -235,7 +248,10 @@ report_kernel() {
 PARALLEL=${PODWATCH_VM_PARALLEL:-$(nproc)}
 booted=()
 for k in $KERNELS; do
-  if ! fetch_kernel "$k"; then
+  series=${k%+lsm}
+  append=""
+  [ "$series" = "$k" ] || append="lsm=$LSM_LIST"
+  if ! fetch_kernel "$series"; then
     if [ "${PODWATCH_REQUIRE_KERNELS:-0}" = 1 ]; then
       echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; kernel $k could not be fetched"
       failed=1
@@ -246,8 +262,8 @@ for k in $KERNELS; do
     continue
   fi
   while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || true; done
-  log "booting $k ($(cat "$CACHE/$k/package"))"
-  boot_kernel "$k" "$k" "" &
+  log "booting $k ($(cat "$CACHE/$series/package"))${append:+ with $append}"
+  boot_kernel "$series" "$k" "$append" &
   booted+=("$k")
 done
 wait

@@ -109,8 +109,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     );
     let sensors = loaded.attach()?;
     *state.sensors.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sensors.status.clone();
-    let sensors::Sensors { events, stats: kernel_stats, counters, ebpf: _programs, status, .. } = sensors;
-    engine.set_sensors(status.clone());
+    let sensors::Sensors {
+        events, stats: kernel_stats, counters, ebpf: _programs, status, read_guard, ..
+    } = sensors;
+    engine.set_sensors(status.clone(), read_guard);
     let rule_names = engine.names.clone();
     let policy_status = engine.status.clone();
     let cgroup_created = Arc::new(Notify::new());

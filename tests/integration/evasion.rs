@@ -410,3 +410,63 @@ fn reads_through_inherited_descriptors_meet_file_kill_rules() {
     let (_, status) = inheriting(&hostname, "read");
     assert_eq!(status.code(), Some(10), "{status:?}");
 }
+
+/// The read guard costs every read on the node while attached, so it is
+/// attached only while a rule needs it: a reload that brings a kill rule on
+/// reading a file attaches it before the rule takes effect (a descriptor
+/// opened before the reload can no longer read the file), a reload that
+/// removes the last such rule detaches it.
+#[test]
+fn the_read_guard_follows_the_rules_that_need_it() {
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    require_root!();
+    let guarded = tempfile::NamedTempFile::new().expect("tmp file");
+    std::fs::write(guarded.path(), "secret\n").expect("write");
+    let path = guarded.path().display().to_string();
+    let log_only = format!("  - name: log-it\n    action: log\n    file: {{exact: [{path}]}}\n");
+    let kill = format!(
+        "  - name: kill-readers\n    action: kill\n    file: {{exact: [{path}], operations: [read]}}\n"
+    );
+    let dir = policy_dir(&log_only);
+    let pod = FakePod::cgroupfs("burstable");
+    let agent = agent(dir.path());
+    agent.wait_metric("podwatch_read_guard_attached", &[], 0.0);
+    // Opened now, before any rule guards the file.
+    let file = std::fs::File::open(guarded.path()).expect("open");
+    let wl = workload().display().to_string();
+    let read_inherited = || {
+        let fd = file.as_raw_fd();
+        let mut cmd = command_in(Some(&pod.cgroup), &wl, &["read-fd", "100", "pread"]);
+        // SAFETY: dup2 is async-signal-safe; the target is not close-on-exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 100) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        run(cmd).1
+    };
+    let status = read_inherited();
+    assert_eq!(status.code(), Some(10), "no rule guards the file yet: {status:?}");
+    // Renamed into place: the agent sees the whole new file at once, and
+    // reloads once (it notices the directory change).
+    let staging = tempfile::tempdir().expect("tmp");
+    let reload = |rules: &str, reloads: f64| {
+        let text = std::fs::read_to_string(dir.path().join("evasion.yaml")).expect("read policy");
+        let head = text.split("  rules:\n").next().expect("policy head");
+        let next = staging.path().join("evasion.yaml");
+        std::fs::write(&next, format!("{head}  rules:\n{rules}")).expect("write");
+        std::fs::rename(&next, dir.path().join("evasion.yaml")).expect("rename");
+        agent.wait_metric("podwatch_policy_reloads_total", &[("result", "ok")], reloads);
+    };
+    reload(&kill, 2.0);
+    agent.wait_metric("podwatch_read_guard_attached", &[], 1.0);
+    let status = read_inherited();
+    assert_eq!(status.signal(), Some(9), "the kill rule's reload attached the guard: {status:?}");
+    reload(&log_only, 3.0);
+    agent.wait_metric("podwatch_read_guard_attached", &[], 0.0);
+    let status = read_inherited();
+    assert_eq!(status.code(), Some(10), "the rule is gone: {status:?}");
+}

@@ -2,12 +2,16 @@
 //! has. A hook that cannot attach is reported and skipped, never fatal, except
 //! exec: without it the agent has nothing to say.
 
-use std::{fs::File, os::fd::AsFd};
+use std::{
+    fs::File,
+    os::fd::AsFd,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{bail, Context as _};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    programs::{trace_point::TracePointLinkId, CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use podwatch_common::{CounterKey, CounterValue, KernelOffsets, PolicyConfig};
@@ -15,7 +19,10 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::{
-    kernel::btf::{kernel_offsets, Btf},
+    kernel::{
+        btf::{kernel_offsets, Btf},
+        read_guard::{self, ReadGuard},
+    },
     policy::engine::PolicyMaps,
 };
 
@@ -32,6 +39,10 @@ pub struct SensorStatus {
     pub load_ms: u64,
     /// Instructions the verifier processed (kernels since 5.16 say).
     pub verified_insns: Option<u32>,
+    /// Attached only while a loaded rule needs it (`attached` then says it
+    /// verified and attached at start-up, so it can be).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
 }
 
 /// The programs and maps in the kernel, nothing attached yet: the policies
@@ -47,7 +58,9 @@ pub struct Loaded {
 
 pub struct Sensors {
     /// Keeps programs and links alive.
-    pub ebpf: Ebpf,
+    pub ebpf: Arc<Mutex<Ebpf>>,
+    /// The read-family attachments, on only while a rule needs them.
+    pub read_guard: ReadGuard,
     pub status: Vec<SensorStatus>,
     pub events: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
@@ -285,6 +298,7 @@ impl Loaded {
         let (mut status, stages) = load_open_stages(&mut ebpf);
         // Operators (and the readiness tests) can leave programs out by name.
         let skip = std::env::var("PODWATCH_SKIP_PROGRAMS").unwrap_or_default();
+        let mut guard_links = Vec::new();
         for (name, hook) in PROGRAMS {
             let started = std::time::Instant::now();
             let needs_stages = matches!(program_of(name), "sys_exit_open_family" | "io_uring_complete");
@@ -296,6 +310,17 @@ impl Loaded {
                 (hook_desc(name, hook), Err(anyhow::anyhow!("the open stages did not load: {why}")))
             } else {
                 attach(&mut ebpf, name, hook, cgroup_fd.as_ref())
+            };
+            let on_demand = program_of(name) == read_guard::PROGRAM;
+            let result = match result {
+                Ok(Some(link)) if on_demand => match hook {
+                    Hook::Tracepoint(category, tp) => {
+                        guard_links.push((*name, *category, *tp, link));
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                },
+                r => r.map(|_| ()),
             };
             let load_ms = started.elapsed().as_millis() as u64;
             let verified_insns = ebpf
@@ -317,6 +342,7 @@ impl Loaded {
                 error: result.err().map(|e| format!("{e:#}")),
                 load_ms,
                 verified_insns,
+                on_demand,
             });
         }
         let f = crate::kernel::probe::probe_hooks(&mut ebpf);
@@ -327,7 +353,9 @@ impl Loaded {
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map")?)?;
         let counters = PerCpuHashMap::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
-        Ok(Sensors { ebpf, status, events, stats, counters, offsets })
+        let ebpf = Arc::new(Mutex::new(ebpf));
+        let read_guard = ReadGuard::new(ebpf.clone(), guard_links);
+        Ok(Sensors { ebpf, read_guard, status, events, stats, counters, offsets })
     }
 }
 
@@ -364,6 +392,7 @@ fn load_open_stages(ebpf: &mut Ebpf) -> (Vec<SensorStatus>, Result<(), String>) 
             error: loaded.as_ref().err().map(|e| format!("{e:#}")),
             load_ms,
             verified_insns,
+            on_demand: false,
         });
         match loaded {
             Ok(fd) => fds.push(fd),
@@ -414,9 +443,16 @@ fn hook_desc(name: &str, hook: &Hook) -> String {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, name: &str, hook: &Hook, cgroup: Option<&File>) -> (String, anyhow::Result<()>) {
+/// Attaches `name` to its hook; a tracepoint's link id is handed back (the
+/// read guard detaches its own while no rule needs it).
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &str,
+    hook: &Hook,
+    cgroup: Option<&File>,
+) -> (String, anyhow::Result<Option<TracePointLinkId>>) {
     let desc = hook_desc(name, hook);
-    let r = (|| -> anyhow::Result<()> {
+    let r = (|| -> anyhow::Result<Option<TracePointLinkId>> {
         let program = program_of(name);
         let prog = ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?;
         match hook {
@@ -426,7 +462,7 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: &Hook, cgroup: Option<&File>) -> (S
                 if p.fd().is_err() {
                     p.load()?;
                 }
-                p.attach(category, tp)?;
+                return Ok(Some(p.attach(category, tp)?));
             }
             Hook::Raw(tp) => {
                 let p: &mut RawTracePoint = prog.try_into()?;
@@ -447,7 +483,7 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: &Hook, cgroup: Option<&File>) -> (S
                 p.attach()?;
             }
         }
-        Ok(())
+        Ok(None)
     })();
     (desc, r)
 }

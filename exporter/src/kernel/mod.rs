@@ -8,3 +8,4 @@ pub mod btf;
 pub mod capabilities;
 pub mod loader;
 pub mod probe;
+pub mod read_guard;

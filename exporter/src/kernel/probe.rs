@@ -162,6 +162,11 @@ pub fn run() -> anyhow::Result<()> {
             },
             Some(e) => format!("NOT attached: {}", reason(e)),
         };
+        let state = if s.on_demand && s.attached {
+            format!("{state}, kept only while a file kill rule is loaded")
+        } else {
+            state
+        };
         println!(
             "sensor    {:<8} {:<22} {:<42} {state}",
             crate::kernel::loader::sensor_of(&s.program),

@@ -126,6 +126,7 @@ mod tests {
             error: (!attached).then(|| "verifier said no\nmore".into()),
             load_ms: 0,
             verified_insns: None,
+            on_demand: false,
         }
     }
 

@@ -30,7 +30,10 @@ use super::{
     compile::{compile, Compiled, IdentityWant, Prefix, RuleInfo},
     Policy,
 };
-use crate::pods::{cgroup::parse_kubelet_path, PodStore};
+use crate::{
+    kernel::read_guard::ReadGuard,
+    pods::{cgroup::parse_kubelet_path, PodStore},
+};
 
 type PathTrie = LpmTrie<MapData, [u8; PATH_KEY_LEN], MatchSet>;
 type AddrTrie = LpmTrie<MapData, [u8; ADDR_KEY_LEN], MatchSet>;
@@ -99,15 +102,23 @@ fn deny_bits(policies: &[Policy]) -> u32 {
     })
 }
 
+/// A rule the read guard enforces: kill on reading a file it names.
+fn guards_read(role: u8, r: &podwatch_common::RuleRef) -> bool {
+    role == identity::FILE_SELF
+        && r.action == podwatch_common::action::KILL
+        && r.ops & podwatch_common::policy::OP_READ != 0
+}
+
 /// Whether a generation's identity entries hold a kill rule on reading a
 /// file itself (`PolicyConfig::guard_reads`).
 fn guards_reads(ids: &Identities) -> u32 {
-    ids.iter().any(|((role, _, _), refs)| {
-        *role == identity::FILE_SELF
-            && refs.iter().any(|r| {
-                r.action == podwatch_common::action::KILL && r.ops & podwatch_common::policy::OP_READ != 0
-            })
-    }) as u32
+    ids.iter().any(|((role, _, _), refs)| refs.iter().any(|r| guards_read(*role, r))) as u32
+}
+
+/// Whether a set needs the read guard attached: whether it names such a
+/// file, present now or not (it may appear later).
+fn needs_read_guard(wants: &[IdentityWant]) -> bool {
+    wants.iter().any(|w| guards_read(w.role, &w.rule))
 }
 
 /// `PolicyConfig::identity` bits of a generation's entries.
@@ -147,6 +158,9 @@ pub struct PolicyStatus {
     /// Unix seconds of the last successful load.
     pub last_success: std::sync::atomic::AtomicU64,
     pub last_error: RwLock<Option<String>>,
+    /// Whether the read guard's attachments are in place (only while a
+    /// loaded rule needs them: `kernel::read_guard`).
+    pub read_guard_attached: std::sync::atomic::AtomicBool,
     /// Loaded rules whose kernel programs are not attached (not ready while any).
     pub unenforced: RwLock<Vec<crate::policy::coverage::Unenforced>>,
 }
@@ -168,6 +182,9 @@ pub struct PolicyEngine {
     pub status: Arc<PolicyStatus>,
     /// The programs' attach state, to check each loaded set against.
     sensors: Option<Vec<crate::kernel::loader::SensorStatus>>,
+    /// Attached while the loaded set needs it (none before the programs
+    /// are attached, and in tests).
+    read_guard: Option<ReadGuard>,
 }
 
 fn path_key(gen: u8, p: &Prefix) -> Key<[u8; PATH_KEY_LEN]> {
@@ -212,6 +229,7 @@ impl PolicyEngine {
             names: Arc::new(RuleNames::default()),
             status: Arc::new(PolicyStatus::default()),
             sensors: None,
+            read_guard: None,
         }
     }
 
@@ -240,9 +258,30 @@ impl PolicyEngine {
     /// the running set stays in force.
     /// The programs' attach state, known once they are attached (after the
     /// first set is loaded): every loaded rule is checked against it.
-    pub fn set_sensors(&mut self, sensors: Vec<crate::kernel::loader::SensorStatus>) {
+    pub fn set_sensors(&mut self, sensors: Vec<crate::kernel::loader::SensorStatus>, read_guard: ReadGuard) {
         self.sensors = Some(sensors);
+        self.read_guard = Some(read_guard);
+        self.switch_read_guard(needs_read_guard(&self.identity_wants));
         self.check_coverage();
+    }
+
+    /// Attaches or detaches the read guard. When it cannot attach, the rules
+    /// that need it are not enforced: its hooks are marked so and coverage
+    /// says which rules (the agent is not ready).
+    fn switch_read_guard(&mut self, on: bool) {
+        let Some(guard) = self.read_guard.as_mut() else { return };
+        let result = guard.set(on);
+        self.status.read_guard_attached.store(guard.is_attached(), std::sync::atomic::Ordering::Relaxed);
+        let Err(e) = result else { return };
+        tracing::error!("read guard: {e:#}");
+        if !on {
+            return;
+        }
+        let hooks: Vec<_> = guard.hooks().collect();
+        for s in self.sensors.iter_mut().flatten().filter(|s| hooks.contains(&s.program.as_str())) {
+            s.attached = false;
+            s.error = Some(format!("{e:#}"));
+        }
     }
 
     fn check_coverage(&self) {
@@ -320,6 +359,11 @@ impl PolicyEngine {
         }
         let ids = resolve_identities(&compiled.identities);
         self.write_identities(next, ids)?;
+        // The guard is in place before a set that needs it takes effect.
+        let guard = needs_read_guard(&compiled.identities);
+        if guard {
+            self.switch_read_guard(true);
+        }
         // Flip.
         let mut cfg = self.maps.config.get(&0, 0).unwrap_or_default();
         cfg.default_masks[next as usize] = Self::host_mask(&policies);
@@ -341,6 +385,9 @@ impl PolicyEngine {
         self.clear_addrs(old);
         self.write_identities(old, Identities::new())?;
         self.identity_wants = compiled.identities;
+        if !guard {
+            self.switch_read_guard(false);
+        }
         self.next_rule_id =
             compiled.rules.last().map(|r| r.id.wrapping_add(1).max(1)).unwrap_or(self.next_rule_id);
         use std::sync::atomic::Ordering::Relaxed;

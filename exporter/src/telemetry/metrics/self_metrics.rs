@@ -209,6 +209,12 @@ impl Metrics {
                 "Rules in the active set.",
                 st.rules.load(Relaxed) as i64,
             )?;
+            gauge(
+                encoder,
+                "podwatch_read_guard_attached",
+                "1 while the read-family programs are attached: only while a loaded kill rule guards reading a file.",
+                st.read_guard_attached.load(Relaxed) as i64,
+            )?;
             let mut m = encoder.encode_descriptor(
                 "podwatch_policy_reloads",
                 "Policy set loads by result (a failed load keeps the running set).",
