@@ -83,6 +83,8 @@ pub mod open_syscall {
     pub const SPLICE: u32 = 13;
     pub const COPY_FILE_RANGE: u32 = 14;
     pub const MMAP: u32 = 15;
+    /// A read io_uring issued from `io_uring_enter` (BPF LSM kernels).
+    pub const IO_URING_READ: u32 = 16;
 }
 
 /// Indexes of the kernel-side counters in the `STATS` per-CPU array.

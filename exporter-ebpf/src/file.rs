@@ -54,7 +54,8 @@ struct OpenArgs {
 struct SyscallRegs {
     r10: u64,
     _r9: u64,
-    _r8: u64,
+    /// mmap's descriptor (its fifth argument).
+    r8: u64,
     _ax: u64,
     _cx: u64,
     dx: u64,
@@ -541,28 +542,25 @@ pub fn sys_enter_read_family(ctx: TracePointContext) -> u32 {
 }
 
 // x86_64 syscall numbers of the read family.
-const NR_READ: i32 = 0;
-const NR_MMAP: i32 = 9;
-const NR_PREAD64: i32 = 17;
-const NR_READV: i32 = 19;
-const NR_SENDFILE: i32 = 40;
-const NR_SPLICE: i32 = 275;
-const NR_PREADV: i32 = 295;
-const NR_COPY_FILE_RANGE: i32 = 326;
-const NR_PREADV2: i32 = 327;
+const NR_READ: u64 = 0;
+const NR_MMAP: u64 = 9;
+const NR_PREAD64: u64 = 17;
+const NR_READV: u64 = 19;
+const NR_SENDFILE: u64 = 40;
+const NR_SPLICE: u64 = 275;
+const NR_PREADV: u64 = 295;
+const NR_COPY_FILE_RANGE: u64 = 326;
+const NR_PREADV2: u64 = 327;
+const NR_IO_URING_ENTER: u64 = 426;
 
 /// `FMODE_READ`.
-const FMODE_READ: u32 = 1;
+pub const FMODE_READ: u32 = 1;
 
-fn try_guard_read(ctx: &TracePointContext) -> Result<u32, u32> {
-    // The cheapest fact first: an array read, on every read on the node.
-    if !policy::guarding_reads() || current_is_agent() || !has(offsets::FILES | offsets::IDENTITY) {
-        return Ok(0);
-    }
-    // sys_enter_* records: the syscall number at 8, the arguments from 16.
-    // SAFETY: reading a field of the tracepoint record.
-    let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.map_err(|_| 0u32)?;
-    let (arg, syscall) = match nr {
+/// A read-family syscall number: which argument holds the descriptor read
+/// from (8 when none does: io_uring), and its `open_syscall` name.
+#[inline(always)]
+fn read_syscall(nr: u64) -> Option<(usize, u32)> {
+    Some(match nr {
         NR_READ => (0, open_syscall::READ),
         NR_READV => (0, open_syscall::READV),
         NR_PREAD64 => (0, open_syscall::PREAD64),
@@ -572,28 +570,67 @@ fn try_guard_read(ctx: &TracePointContext) -> Result<u32, u32> {
         NR_SPLICE => (0, open_syscall::SPLICE),
         NR_COPY_FILE_RANGE => (0, open_syscall::COPY_FILE_RANGE),
         NR_MMAP => (4, open_syscall::MMAP),
-        _ => return Ok(0),
-    };
+        NR_IO_URING_ENTER => (8, open_syscall::IO_URING_READ),
+        _ => return None,
+    })
+}
+
+fn try_guard_read(ctx: &TracePointContext) -> Result<u32, u32> {
+    // The cheapest fact first: an array read, on every read on the node.
+    if !policy::guarding_reads() || current_is_agent() || !has(offsets::FILES | offsets::IDENTITY) {
+        return Ok(0);
+    }
+    // sys_enter_* records: the syscall number at 8, the arguments from 16.
+    // SAFETY: reading a field of the tracepoint record.
+    let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.map_err(|_| 0u32)?;
+    let (arg, syscall) = read_syscall(nr as u64).ok_or(0u32)?;
     let arg = policy::launder(0, arg as u64) as usize & 7;
     let syscall = policy::launder(1, syscall as u64) as u32;
     let fd = field(ctx, 16 + 8 * arg)? as i64;
-    // SAFETY: helper without arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let st = policy::state(cgroup_id);
-    if st.1 == 0 {
-        return Ok(0);
-    }
     let task = current_task();
     let file = fd_file(task, fd)?;
     let mode: u32 = read(file, off!(file_mode))?;
     if mode & FMODE_READ == 0 {
         return Ok(0);
     }
+    guard_read(task, file, fd, syscall)?;
+    Ok(0)
+}
+
+/// The read-family syscall the current task is in, from the registers its
+/// entry saved: (the descriptor read from, -1 for io_uring; the syscall).
+/// None inside any other syscall (the kernel reading a file for exec, say:
+/// the tracepoint guard never sees those either).
+#[inline(always)]
+pub fn current_read_syscall(task: u64) -> Option<(i64, u32)> {
+    let stack: u64 = read(task, off!(task_stack)).ok()?;
+    let r: SyscallRegs = read(stack + THREAD_SIZE - PT_REGS_SIZE, REGS_R10).ok()?;
+    let (arg, syscall) = read_syscall(r.orig_ax)?;
+    let fd = match arg {
+        0 => r.di,
+        1 => r.si,
+        4 => r.r8,
+        _ => u64::MAX,
+    };
+    Some((fd as i64, syscall))
+}
+
+/// Judges a read of `file` (through descriptor `fd`, in `syscall`) against
+/// the kill rules that guard files by identity: kills the reader, counts
+/// and reports it. True when it killed.
+#[inline(always)]
+pub fn guard_read(task: u64, file: u64, fd: i64, syscall: u32) -> Result<bool, u32> {
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let st = policy::state(cgroup_id);
+    if st.1 == 0 {
+        return Ok(false);
+    }
     let buf = policy::scratch().ok_or(0u32)?;
     policy::identity_begin(buf, st, 1 << file_op::READ, false);
     let verdict = policy::unpack(policy::identity_scan(buf, file_inode(file)));
     if verdict.action != action::KILL {
-        return Ok(0); // opens are where files are logged; reads only enforce
+        return Ok(false); // opens are where files are logged; reads only enforce
     }
     // SAFETY: helper with a signal number.
     unsafe { aya_ebpf::helpers::generated::bpf_send_signal(9) };
@@ -615,5 +652,5 @@ fn try_guard_read(ctx: &TracePointContext) -> Result<u32, u32> {
     p.ret = fd as i32;
     p.resolved_len = resolved;
     rec.emit();
-    Ok(0)
+    Ok(true)
 }

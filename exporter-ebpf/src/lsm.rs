@@ -1,7 +1,10 @@
 //! BPF LSM hooks, on kernels that run them (`bpf` in the active LSM list:
 //! Debian's 6.1 and 6.12 by default, 5.10 with `lsm=...,bpf`): the one place
 //! an open or an exec can be refused — `deny`, the call fails with EPERM and
-//! the process lives on. They judge only deny rules and return at once when
+//! the process lives on. `file_permission` and `mmap_file` are the read
+//! guard there (reads of descriptors opened elsewhere, under a kill rule):
+//! called only for file reads, not for every syscall as the tracepoint guard
+//! is, they also see io_uring's reads, and refuse the read as they kill. They judge only deny rules and return at once when
 //! the active policy set has none. Counting and logging stay with the
 //! tracepoint programs: an open's exit program picks up the verdict this
 //! hook left for its thread; a refused exec never reaches
@@ -25,6 +28,8 @@ use crate::{
 };
 
 const EPERM: i32 = 1;
+/// `MAY_READ` in file_permission's mask.
+const MAY_READ: i32 = 4;
 
 /// Deny verdicts for the open exit programs, by pid_tgid (the hook and the
 /// exit run in the same thread).
@@ -159,4 +164,67 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i32> {
         rec.emit();
     }
     Ok(-EPERM)
+}
+
+/// A read of a file: `rw_verify_area` asks before every read, readv,
+/// pread, sendfile, splice, copy_file_range — and io_uring's reads.
+#[lsm(hook = "file_permission")]
+pub fn lsm_file_permission(ctx: LsmContext) -> i32 {
+    match try_file_permission(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_file_permission(ctx: &LsmContext) -> Result<i32, i32> {
+    // The hook's arguments: (struct file *file, int mask, int ret).
+    let prev: i32 = ctx.arg(2);
+    if prev != 0 {
+        return Ok(prev);
+    }
+    let mask: i32 = ctx.arg(1);
+    if mask & MAY_READ == 0 {
+        return Ok(0);
+    }
+    guard_read(ctx.arg(0))
+}
+
+/// A file mapped: its pages are read without a read syscall.
+#[lsm(hook = "mmap_file")]
+pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
+    match try_mmap_file(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_mmap_file(ctx: &LsmContext) -> Result<i32, i32> {
+    // The hook's arguments: (struct file *file, unsigned long reqprot,
+    // unsigned long prot, unsigned long flags, int ret).
+    let prev: i32 = ctx.arg(4);
+    if prev != 0 {
+        return Ok(prev);
+    }
+    let file: u64 = ctx.arg(0);
+    if file == 0 || !policy::guarding_reads() {
+        return Ok(0); // anonymous memory
+    }
+    let mode: u32 = read(file, off!(file_mode)).map_err(|_| 0)?;
+    if mode & crate::file::FMODE_READ == 0 {
+        return Ok(0);
+    }
+    guard_read(file)
+}
+
+/// The read guard's verdict on a read of `file` in a read-family syscall
+/// (the same syscalls the tracepoint guard watches, and io_uring_enter).
+#[inline(always)]
+fn guard_read(file: u64) -> Result<i32, i32> {
+    if !policy::guarding_reads() || current_is_agent() || !has(offsets::FILES | offsets::IDENTITY) {
+        return Ok(0);
+    }
+    let task = current_task();
+    let Some((fd, syscall)) = crate::file::current_read_syscall(task) else { return Ok(0) };
+    match crate::file::guard_read(task, file, fd, syscall) {
+        Ok(true) => Err(-EPERM),
+        _ => Ok(0),
+    }
 }

@@ -470,3 +470,50 @@ fn the_read_guard_follows_the_rules_that_need_it() {
     let status = read_inherited();
     assert_eq!(status.code(), Some(10), "the rule is gone: {status:?}");
 }
+
+/// io_uring reads a descriptor without a read syscall. Where the kernel runs
+/// BPF LSM the read guard sits in `file_permission`, which io_uring's reads
+/// pass too: the reader dies and the read fails. The syscall-entry guard of
+/// other kernels (this development host) does not see them: the test shows
+/// that gap as it is.
+#[test]
+fn io_uring_reads_meet_file_kill_rules_where_bpf_lsm_runs() {
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    require_root!();
+    let guarded = tempfile::NamedTempFile::new().expect("tmp file");
+    std::fs::write(guarded.path(), "secret\n").expect("write");
+    let path = std::fs::canonicalize(guarded.path()).expect("canonical").display().to_string();
+    let dir = policy_dir(&format!(
+        "  - name: kill-readers\n    action: kill\n    file: {{exact: [{path}], operations: [read]}}\n"
+    ));
+    let pod = FakePod::cgroupfs("burstable");
+    let agent = agent(dir.path());
+    let file = std::fs::File::open(&path).expect("open");
+    let fd = file.as_raw_fd();
+    let mut cmd =
+        command_in(Some(&pod.cgroup), &workload().display().to_string(), &["read-fd", "100", "uring"]);
+    // SAFETY: dup2 is async-signal-safe; the target is not close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 100) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (pid, status) = run(cmd);
+    let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    if !lsm.trim().split(',').any(|l| l == "bpf") {
+        eprintln!(
+            "BPF LSM is not active here ({:?}): io_uring reads are not guarded on this kernel",
+            lsm.trim()
+        );
+        assert_eq!(status.code(), Some(10), "the tracepoint guard does not see io_uring reads: {status:?}");
+        return;
+    }
+    assert_eq!(status.signal(), Some(9), "an io_uring read of a guarded file (10: it read): {status:?}");
+    let e = agent.expect_one("io_uring read", |e| e.process.pid == pid && e.kind == Kind::File);
+    let f = e.file.as_ref().expect("file");
+    assert_eq!((f.path.as_str(), f.syscall.as_str()), (path.as_str(), "io_uring_read"));
+    assert_eq!((e.action.as_deref(), e.matched_on.as_deref()), (Some("kill"), Some("identity")));
+}

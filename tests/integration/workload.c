@@ -12,7 +12,7 @@
  *   workload uring-read PATH     open PATH with io_uring's IORING_OP_OPENAT, then read(2) it
  *   workload handle-read PATH    name_to_handle_at + open_by_handle_at(PATH), then read(2) it
  *   workload read-fd FD [HOW]    read an inherited descriptor with HOW: read (default),
- *                                pread, readv, sendfile (to /dev/null), mmap
+ *                                pread, readv, sendfile (to /dev/null), mmap, uring
  *   workload create PATH         creat(PATH): proof that this binary ran
  *   workload fexec BIN MARKER    fexecve(open(BIN)) as "BIN create MARKER"
  */
@@ -33,9 +33,11 @@
 #include <sys/uio.h>
 #include <sys/syscall.h>
 
-/* One IORING_OP_OPENAT through a fresh ring, without liburing: the result the
- * completion carries (a descriptor, or -errno; -1000 - errno on setup failure). */
-static int uring_openat(const char *path) {
+/* One request through a fresh ring, without liburing: IORING_OP_OPENAT of
+ * addr (a path), or IORING_OP_READ of len bytes from fd into addr. The result
+ * the completion carries (a descriptor or a byte count, or -errno; -1000 -
+ * errno on setup failure). */
+static int uring_one(unsigned char opcode, int fd, void *addr, unsigned len) {
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
     int ring = (int)syscall(__NR_io_uring_setup, 4, &p);
@@ -58,10 +60,11 @@ static int uring_openat(const char *path) {
     unsigned tail = *sq_tail, idx = tail & *sq_mask;
     struct io_uring_sqe *sqe = &sqes[idx];
     memset(sqe, 0, sizeof *sqe);
-    sqe->opcode = IORING_OP_OPENAT;
-    sqe->fd = AT_FDCWD;
-    sqe->addr = (unsigned long)path;
-    sqe->open_flags = O_RDONLY;
+    sqe->opcode = opcode;
+    sqe->fd = fd;
+    sqe->addr = (unsigned long)addr;
+    sqe->len = len;
+    if (opcode == IORING_OP_OPENAT) sqe->open_flags = O_RDONLY;
     sq_array[idx] = idx;
     __atomic_store_n(sq_tail, tail + 1, __ATOMIC_RELEASE);
     if (syscall(__NR_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0) return -1000 - errno;
@@ -81,7 +84,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "noop") == 0) return 0;
     if (argc < 3) return 2;
     if (strcmp(argv[1], "uring-read") == 0) {
-        int fd = uring_openat(argv[2]);
+        int fd = uring_one(IORING_OP_OPENAT, AT_FDCWD, argv[2], 0);
         if (fd <= -1000) {
             fprintf(stderr, "io_uring: %s\n", strerror(-(fd + 1000)));
             return 3;
@@ -111,6 +114,14 @@ int main(int argc, char **argv) {
         if (strcmp(how, "sendfile") == 0) {
             int out = open("/dev/null", O_WRONLY);
             return out >= 0 && sendfile(out, fd, NULL, 1) == 1 ? 10 : 0;
+        }
+        if (strcmp(how, "uring") == 0) {
+            int r = uring_one(IORING_OP_READ, fd, &c, 1);
+            if (r <= -1000) {
+                fprintf(stderr, "io_uring: %s\n", strerror(-(r + 1000)));
+                return 3;
+            }
+            return r == 1 ? 10 : 0;
         }
         if (strcmp(how, "mmap") == 0) {
             char *m = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fd, 0);

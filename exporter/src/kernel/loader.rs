@@ -11,7 +11,10 @@ use std::{
 use anyhow::{bail, Context as _};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{trace_point::TracePointLinkId, CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    programs::{
+        lsm::LsmLinkId, trace_point::TracePointLinkId, CgroupAttachMode, CgroupSockAddr, RawTracePoint,
+        TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use podwatch_common::{CounterKey, CounterValue, KernelOffsets, PolicyConfig};
@@ -106,6 +109,8 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("sendmsg6", Hook::Cgroup),
     ("lsm_file_open", Hook::Lsm("file_open")),
     ("lsm_bprm_check_security", Hook::Lsm("bprm_check_security")),
+    ("lsm_file_permission", Hook::Lsm("file_permission")),
+    ("lsm_mmap_file", Hook::Lsm("mmap_file")),
 ];
 
 /// Every program the agent reports on, by name: the open pipeline's
@@ -137,7 +142,7 @@ pub fn sensor_of(program: &str) -> &'static str {
         "sched_process_exit" => "exit",
         "sched_process_fork" => "fork",
         "cgroup_mkdir" | "cgroup_mkdir_inherit" => "cgroups",
-        p if p.starts_with("sys_enter_") => "file-reads",
+        p if read_guard::is_guard(p) => "file-reads",
         "io_uring_complete" => "file",
         "inet_sock_set_state" | "sys_exit_accept" | "sys_exit_accept4" => "tcp",
         "connect4" | "connect6" => "connect",
@@ -229,6 +234,18 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Loaded> {
                 "BPF LSM is not active on this kernel (/sys/kernel/security/lsm lacks bpf): deny for files and execs is refused at load",
             ));
         }
+        for p in read_guard::LSM_PROGRAMS {
+            unavailable.push((
+                p,
+                "BPF LSM is not active on this kernel: the read guard uses the read-family sys_enter tracepoints",
+            ));
+        }
+    } else {
+        // The LSM hooks guard reads there: called for file reads only (not
+        // for every syscall of every task), and they see io_uring's too.
+        for (p, _) in PROGRAMS.iter().filter(|(p, _)| p.starts_with("sys_enter_")) {
+            unavailable.push((p, "BPF LSM's file_permission and mmap_file guard reads on this kernel"));
+        }
     }
     match (
         tracepoint_field_offset("io_uring", "io_uring_complete", "req"),
@@ -311,16 +328,18 @@ impl Loaded {
             } else {
                 attach(&mut ebpf, name, hook, cgroup_fd.as_ref())
             };
-            let on_demand = program_of(name) == read_guard::PROGRAM;
-            let result = match result {
-                Ok(Some(link)) if on_demand => match hook {
-                    Hook::Tracepoint(category, tp) => {
-                        guard_links.push((*name, *category, *tp, link));
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                },
-                r => r.map(|_| ()),
+            let on_demand = read_guard::is_guard(name);
+            let result = match (result, hook) {
+                (Ok(Attached::Tracepoint(link)), Hook::Tracepoint(category, tp)) if on_demand => {
+                    let link = Some(link);
+                    guard_links.push((*name, read_guard::Link::Tracepoint { category, name: tp, link }));
+                    Ok(())
+                }
+                (Ok(Attached::Lsm(link)), _) if on_demand => {
+                    guard_links.push((*name, read_guard::Link::Lsm { link: Some(link) }));
+                    Ok(())
+                }
+                (r, _) => r.map(|_| ()),
             };
             let load_ms = started.elapsed().as_millis() as u64;
             let verified_insns = ebpf
@@ -443,16 +462,22 @@ fn hook_desc(name: &str, hook: &Hook) -> String {
     }
 }
 
-/// Attaches `name` to its hook; a tracepoint's link id is handed back (the
-/// read guard detaches its own while no rule needs it).
+/// A link id the read guard keeps, to detach its own while no rule needs it.
+enum Attached {
+    Tracepoint(TracePointLinkId),
+    Lsm(LsmLinkId),
+    Other,
+}
+
+/// Attaches `name` to its hook.
 fn attach(
     ebpf: &mut Ebpf,
     name: &str,
     hook: &Hook,
     cgroup: Option<&File>,
-) -> (String, anyhow::Result<Option<TracePointLinkId>>) {
+) -> (String, anyhow::Result<Attached>) {
     let desc = hook_desc(name, hook);
-    let r = (|| -> anyhow::Result<Option<TracePointLinkId>> {
+    let r = (|| -> anyhow::Result<Attached> {
         let program = program_of(name);
         let prog = ebpf.program_mut(program).with_context(|| format!("program {program} missing"))?;
         match hook {
@@ -462,7 +487,7 @@ fn attach(
                 if p.fd().is_err() {
                     p.load()?;
                 }
-                return Ok(Some(p.attach(category, tp)?));
+                return Ok(Attached::Tracepoint(p.attach(category, tp)?));
             }
             Hook::Raw(tp) => {
                 let p: &mut RawTracePoint = prog.try_into()?;
@@ -480,10 +505,10 @@ fn attach(
                 let btf = aya::Btf::from_sys_fs()?;
                 let p: &mut aya::programs::Lsm = prog.try_into()?;
                 p.load(h, &btf)?;
-                p.attach()?;
+                return Ok(Attached::Lsm(p.attach()?));
             }
         }
-        Ok(None)
+        Ok(Attached::Other)
     })();
     (desc, r)
 }

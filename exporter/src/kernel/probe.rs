@@ -177,7 +177,7 @@ pub fn run() -> anyhow::Result<()> {
     let up = sensors.status.iter().filter(|s| s.attached).count();
     let absent = sensors.status.iter().filter(|s| !s.attached && !s.available).count();
     println!(
-        "summary   {up} of {} programs attached, {absent} not available on this kernel, {} failed",
+        "summary   {up} of {} programs attached, {absent} not used on this kernel (its hook missing, or a better one used), {} failed",
         sensors.status.len(),
         sensors.status.len() - up - absent
     );

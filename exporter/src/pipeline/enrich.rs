@@ -247,6 +247,7 @@ impl Enricher {
                         open_syscall::PREAD64 => "pread64",
                         open_syscall::PREADV => "preadv",
                         open_syscall::PREADV2 => "preadv2",
+                        open_syscall::IO_URING_READ => "io_uring_read",
                         open_syscall::SENDFILE => "sendfile",
                         open_syscall::SPLICE => "splice",
                         open_syscall::COPY_FILE_RANGE => "copy_file_range",

@@ -16,8 +16,10 @@ use crate::{
 const FILE: &[&str] =
     &["sys_exit_open", "sys_exit_openat", "sys_exit_openat2", "sys_exit_creat", "sys_exit_open_by_handle_at"];
 /// A kill rule on files also guards reads through descriptors opened
-/// elsewhere (inherited, passed over a unix socket), at these syscalls.
-const FILE_KILL: &[&str] = &[
+/// elsewhere (inherited, passed over a unix socket): at the entry of the
+/// read-family syscalls, or where the kernel runs BPF LSM in its
+/// `file_permission` and `mmap_file` hooks (the loader uses one or the other).
+const FILE_KILL_TRACEPOINTS: &[&str] = &[
     "sys_exit_open",
     "sys_exit_openat",
     "sys_exit_openat2",
@@ -32,6 +34,15 @@ const FILE_KILL: &[&str] = &[
     "sys_enter_splice",
     "sys_enter_copy_file_range",
     "sys_enter_mmap",
+];
+const FILE_KILL_LSM: &[&str] = &[
+    "sys_exit_open",
+    "sys_exit_openat",
+    "sys_exit_openat2",
+    "sys_exit_creat",
+    "sys_exit_open_by_handle_at",
+    "lsm_file_permission",
+    "lsm_mmap_file",
 ];
 const EXEC: &[&str] = &["sched_process_exec"];
 /// Deny refuses in the BPF LSM hooks; the tracepoints report.
@@ -48,18 +59,19 @@ const TCP_EGRESS: &[&str] = &["connect4", "connect6"];
 const EGRESS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
 const INGRESS: &[&str] = &["sys_exit_accept", "sys_exit_accept4"];
 
-/// The programs a rule is judged in.
-pub fn required(r: &Rule) -> &'static [&'static str] {
+/// The programs a rule is judged in: one set of them, or another that does
+/// the same on other kernels.
+pub fn required(r: &Rule) -> &'static [&'static [&'static str]] {
     match &r.matcher {
-        Matcher::Exec(_) if r.action == Action::Deny => EXEC_DENY,
-        Matcher::Exec(_) => EXEC,
-        Matcher::File(_) if r.action == Action::Kill => FILE_KILL,
-        Matcher::File(_) if r.action == Action::Deny => FILE_DENY,
-        Matcher::File(_) => FILE,
+        Matcher::Exec(_) if r.action == Action::Deny => &[EXEC_DENY],
+        Matcher::Exec(_) => &[EXEC],
+        Matcher::File(_) if r.action == Action::Kill => &[FILE_KILL_LSM, FILE_KILL_TRACEPOINTS],
+        Matcher::File(_) if r.action == Action::Deny => &[FILE_DENY],
+        Matcher::File(_) => &[FILE],
         Matcher::Network(n) => match (n.direction, n.protocol) {
-            (Direction::Ingress, _) => INGRESS,
-            (Direction::Egress, Protocol::Tcp) => TCP_EGRESS,
-            (Direction::Egress, _) => EGRESS,
+            (Direction::Ingress, _) => &[INGRESS],
+            (Direction::Egress, Protocol::Tcp) => &[TCP_EGRESS],
+            (Direction::Egress, _) => &[EGRESS],
         },
     }
 }
@@ -87,18 +99,24 @@ impl fmt::Display for Unenforced {
     }
 }
 
+fn missing(programs: &[&str], sensors: &[SensorStatus]) -> Vec<(String, String)> {
+    programs
+        .iter()
+        .filter_map(|name| match sensors.iter().find(|s| s.program == *name) {
+            Some(s) if s.attached => None,
+            Some(s) => Some((s.program.clone(), s.error.clone().unwrap_or_default())),
+            None => Some(((*name).to_owned(), "no such program".to_owned())),
+        })
+        .collect()
+}
+
 pub fn unenforced(policies: &[Policy], sensors: &[SensorStatus]) -> Vec<Unenforced> {
     let mut out = Vec::new();
     for p in policies {
         for r in &p.rules {
-            let missing: Vec<(String, String)> = required(r)
-                .iter()
-                .filter_map(|name| match sensors.iter().find(|s| s.program == *name) {
-                    Some(s) if s.attached => None,
-                    Some(s) => Some((s.program.clone(), s.error.clone().unwrap_or_default())),
-                    None => Some(((*name).to_owned(), "no such program".to_owned())),
-                })
-                .collect();
+            // The set with the fewest programs missing: none when enforced.
+            let missing =
+                required(r).iter().map(|set| missing(set, sensors)).min_by_key(Vec::len).unwrap_or_default();
             if !missing.is_empty() {
                 out.push(Unenforced {
                     policy: p.name.clone(),
@@ -135,7 +153,7 @@ mod tests {
         let doc = "apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: {allPods: true}\n  rules:\n  - {name: shadow, action: kill, file: {exact: [/etc/shadow]}}\n  - {name: sh, action: log, exec: {suffix: [/sh]}}\n  - {name: web, action: deny, network: {cidrs: [0.0.0.0/0], protocol: tcp}}\n  - {name: dns, action: log, network: {ports: [53], protocol: udp}}\n";
         let policies = parse(doc, "p.yaml", Capabilities { bpf_lsm: false }).expect("parse");
         let mut sensors: Vec<_> =
-            FILE_KILL.iter().chain(EGRESS).chain(EXEC).map(|p| sensor(p, true)).collect();
+            FILE_KILL_TRACEPOINTS.iter().chain(EGRESS).chain(EXEC).map(|p| sensor(p, true)).collect();
         assert!(unenforced(&policies, &sensors).is_empty());
         sensors.retain(|s| s.program != "sendmsg6");
         sensors
@@ -150,5 +168,21 @@ mod tests {
             "policy p rule shadow (p.yaml) is not enforced: sys_exit_openat not attached (verifier said no)"
         );
         assert_eq!(gaps[1].missing, [("sendmsg6".to_owned(), "no such program".to_owned())]);
+    }
+
+    #[test]
+    fn a_file_kill_rule_is_enforced_by_either_read_guard() {
+        let doc = "apiVersion: podwatch.dev/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec:\n  selector: {allPods: true}\n  rules:\n  - {name: shadow, action: kill, file: {exact: [/etc/shadow]}}\n";
+        let policies = parse(doc, "p.yaml", Capabilities { bpf_lsm: true }).expect("parse");
+        let lsm: Vec<_> = FILE_KILL_LSM.iter().map(|p| sensor(p, true)).collect();
+        assert!(
+            unenforced(&policies, &lsm).is_empty(),
+            "BPF LSM's file_permission and mmap_file guard reads"
+        );
+        let mut half: Vec<_> = FILE_KILL_LSM.iter().map(|p| sensor(p, *p != "lsm_mmap_file")).collect();
+        half.extend(["sys_enter_read", "sys_enter_pread64"].map(|p| sensor(p, true)));
+        let gaps = unenforced(&policies, &half);
+        assert_eq!(gaps.len(), 1, "mmap unguarded: {gaps:?}");
+        assert_eq!(gaps[0].missing[0].0, "lsm_mmap_file", "the nearest set is named");
     }
 }
