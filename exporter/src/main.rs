@@ -1,5 +1,10 @@
 use std::process::ExitCode;
 
+/// Every event is a few dozen small allocations on the reader's task (see
+/// exporter/Cargo.toml): mimalloc serves them in a fraction of glibc's time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use podwatch::{
     config::{LogFormat, RunArgs},
