@@ -335,8 +335,8 @@ impl Loaded {
                     guard_links.push((*name, read_guard::Link::Tracepoint { category, name: tp, link }));
                     Ok(())
                 }
-                (Ok(Attached::Lsm(link)), _) if on_demand => {
-                    guard_links.push((*name, read_guard::Link::Lsm { link: Some(link) }));
+                (Ok(Attached::Lsm(link)), Hook::Lsm(hook)) if on_demand => {
+                    guard_links.push((*name, read_guard::Link::Lsm { hook, link: Some(link) }));
                     Ok(())
                 }
                 (r, _) => r.map(|_| ()),

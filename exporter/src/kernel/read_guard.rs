@@ -34,8 +34,8 @@ pub fn is_guard(attachment: &str) -> bool {
 pub enum Link {
     /// `sys_enter_read_family` on tracepoint `category/name`.
     Tracepoint { category: &'static str, name: &'static str, link: Option<TracePointLinkId> },
-    /// A BPF LSM program of its own.
-    Lsm { link: Option<LsmLinkId> },
+    /// A BPF LSM program of its own, on LSM hook `hook`.
+    Lsm { hook: &'static str, link: Option<LsmLinkId> },
 }
 
 pub struct ReadGuard {
@@ -110,9 +110,19 @@ fn attach(ebpf: &mut Ebpf, name: &str, link: &mut Link) -> anyhow::Result<()> {
             let prog: &mut TracePoint = program(ebpf, TRACEPOINT_PROGRAM)?.try_into()?;
             *link = Some(prog.attach(category, tp)?);
         }
-        Link::Lsm { link } => {
+        Link::Lsm { hook, link } => {
             let prog: &mut Lsm = program(ebpf, name)?.try_into()?;
-            *link = Some(prog.attach()?);
+            *link = Some(match prog.attach() {
+                Ok(l) => l,
+                // 5.10 attaches a loaded tracing program once (the first
+                // attach consumes its trampoline target; 5.11 lifted that):
+                // load it again.
+                Err(_) => {
+                    prog.unload()?;
+                    prog.load(hook, &aya::Btf::from_sys_fs()?)?;
+                    prog.attach()?
+                }
+            });
         }
     }
     Ok(())
@@ -126,7 +136,7 @@ fn detach(ebpf: &mut Ebpf, name: &str, link: &mut Link) -> anyhow::Result<()> {
                 prog.detach(l)?;
             }
         }
-        Link::Lsm { link } => {
+        Link::Lsm { link, .. } => {
             if let Some(l) = link.take() {
                 let prog: &mut Lsm = program(ebpf, name)?.try_into()?;
                 prog.detach(l)?;
