@@ -239,7 +239,7 @@ impl HttpClient {
 
     async fn attempt(
         &mut self,
-        content_type: &'static str,
+        extra: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), SendError> {
         let mut sender = match self.conn.take() {
@@ -250,7 +250,7 @@ impl HttpClient {
         let mut req = Request::builder().method(Method::POST).uri(self.uri.clone());
         if let Some(h) = req.headers_mut() {
             h.extend(self.headers.clone());
-            h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            h.extend(extra);
             h.insert(USER_AGENT, HeaderValue::from_static(concat!("podwatch/", env!("CARGO_PKG_VERSION"))));
             if let Some(a) = self.uri.authority() {
                 if let Ok(v) = HeaderValue::from_str(a.as_str()) {
@@ -278,7 +278,19 @@ impl HttpClient {
         content_type: &'static str,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), SendError> {
-        match tokio::time::timeout(self.timeout, self.attempt(content_type, body)).await {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        self.post_with(h, body).await
+    }
+
+    /// [`HttpClient::post`] with these headers (content type included) over
+    /// the client's own; the OTLP exporter builds them.
+    pub async fn post_with(
+        &mut self,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), SendError> {
+        match tokio::time::timeout(self.timeout, self.attempt(headers, body)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 self.conn = None;
