@@ -89,21 +89,21 @@ pub fn resolve(cfg: &OtlpConfig, env: &dyn Env, node: &str) -> anyhow::Result<Se
         },
     };
     let http = protocol != OtlpProtocol::Grpc;
-    let url = match (
+    let (source, url) = match (
         &cfg.endpoint,
         env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"),
         env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
     ) {
-        (Some(e), _, _) if http => with_logs_path(e),
-        (Some(e), _, _) => e.clone(),
+        (Some(e), _, _) if http => ("sinks.otlp.endpoint", with_logs_path(e)),
+        (Some(e), _, _) => ("sinks.otlp.endpoint", e.clone()),
         // The signal-specific URL is used exactly as given (spec).
-        (None, Some(e), _) => e,
-        (None, None, Some(e)) if http => append_logs_path(&e),
-        (None, None, Some(e)) => e,
-        (None, None, None) if http => "http://localhost:4318/v1/logs".to_owned(),
-        (None, None, None) => "http://localhost:4317".to_owned(),
+        (None, Some(e), _) => ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", e),
+        (None, None, Some(e)) if http => ("OTEL_EXPORTER_OTLP_ENDPOINT", append_logs_path(&e)),
+        (None, None, Some(e)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", e),
+        (None, None, None) if http => ("default endpoint", "http://localhost:4318/v1/logs".to_owned()),
+        (None, None, None) => ("default endpoint", "http://localhost:4317".to_owned()),
     };
-    check_url(&url, cfg.endpoint.is_some())?;
+    check_url(&url, source)?;
 
     let mut headers = BTreeMap::new();
     for name in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_LOGS_HEADERS"] {
@@ -212,8 +212,7 @@ fn append_logs_path(e: &str) -> String {
     format!("{}/v1/logs", e.trim_end_matches('/'))
 }
 
-fn check_url(url: &str, from_yaml: bool) -> anyhow::Result<()> {
-    let what = if from_yaml { "sinks.otlp.endpoint" } else { "OTLP endpoint" };
+fn check_url(url: &str, what: &str) -> anyhow::Result<()> {
     let uri: hyper::Uri = url.parse().map_err(|e| anyhow!("{what} {url:?}: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
