@@ -247,7 +247,11 @@ impl HttpClient {
             _ => self.connect().await?,
         };
         sender.ready().await.map_err(|e| SendError::retryable(format!("connection: {e}")))?;
-        let mut req = Request::builder().method(Method::POST).uri(self.uri.clone());
+        // Origin-form (`POST /v1/logs`): the absolute form is for proxies;
+        // servers must accept it, but not every one does (the OTLP test
+        // against Python's http.server showed it was being sent).
+        let target = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut req = Request::builder().method(Method::POST).uri(target);
         if let Some(h) = req.headers_mut() {
             h.extend(self.headers.clone());
             h.extend(extra);
