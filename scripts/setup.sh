@@ -32,7 +32,7 @@ APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev libssl-
 # Tests: a real Prometheus and promtool, pip for the Kafka consumer.
 # Dashboards/rules tests: Node for Grafana's LogQL parser, zstd to unpack the
 # test Loki, iproute2 + util-linux for an isolated network namespace.
-[ "$WITH_TESTS" = 1 ] && APT_PKGS+=(prometheus python3-pip openssl zstd iproute2 util-linux)
+[ "$WITH_TESTS" = 1 ] && APT_PKGS+=(prometheus python3-pip python3-venv openssl zstd iproute2 util-linux)
 # Any Node with npm will do (some machines carry NodeSource's, which bundles npm).
 [ "$WITH_TESTS" = 1 ] && ! { command -v node && command -v npm; } >/dev/null 2>&1 && APT_PKGS+=(nodejs npm)
 # The agent's OCI image is built with buildah and run (in the tests) with
@@ -121,6 +121,15 @@ command -v kubectl >/dev/null 2>&1 || log "warning: kubectl is missing; the depl
 if ! tansu --version >/dev/null 2>&1; then
   log "cargo install tansu (Kafka-protocol broker for the sink tests; 10-15 minutes, once)"
   cargo install tansu --locked --features dynostore
+fi
+# The OTLP sink's independent receiver: PyPI's opentelemetry-proto (Python
+# bindings of the official protos) in a venv of its own (tests/otlp/receiver.py).
+OTLP_VENV=/var/cache/podwatch/otlp-venv
+if ! "$OTLP_VENV/bin/python" -c "import opentelemetry.proto.collector.logs.v1.logs_service_pb2" 2>/dev/null; then
+  log "python venv with opentelemetry-proto in $OTLP_VENV"
+  $SUDO mkdir -p "$(dirname "$OTLP_VENV")"
+  $SUDO python3 -m venv "$OTLP_VENV"
+  $SUDO "$OTLP_VENV/bin/pip" install --quiet --disable-pip-version-check opentelemetry-proto
 fi
 # Grafana's LogQL parser (@grafana/lezer-logql, npm) for the dashboard and
 # Loki-rule tests, installed from tests/logql/package-lock.json into that

@@ -13,6 +13,8 @@ fi
 # Never let a privileged or broker test skip itself quietly here.
 export PODWATCH_REQUIRE_PRIVILEGED=1
 export PODWATCH_REQUIRE_KAFKA=1
+# The OTLP wire-format test's Python receiver (PyPI opentelemetry-proto, in setup's venv).
+export PODWATCH_REQUIRE_OTLP_PYTHON=1
 # Nor may a test that needs a tool: promtool, kubectl, kubernetes-validate, podman,
 # buildah, node + @grafana/lezer-logql (setup.sh --test installs them all).
 # A real Loki is required whenever ../shared/bin/loki.zst is there (CI) or

@@ -4,6 +4,11 @@
 //! `serde_json::to_vec` of the same events.
 //!
 //! `cargo bench --bench sinks` (release build). No network is used.
+//!
+//! OTLP: "grpc (generated types)" is the encoding the sink used for both
+//! transports before it took opentelemetry-otlp's exporter for HTTP (and
+//! still uses for gRPC); the "exporter" rows are the HTTP path now, each
+//! request built and encoded by the exporter and handed to a discarding client.
 
 use std::{
     hint::black_box,
@@ -17,7 +22,10 @@ use podwatch::{
         framework::{self, Encoder, QueueConfig, RetryConfig, SendError, Sent, SinkStats, Transport},
         kafka::{KafkaConfig, KafkaEncoder},
         loki::{LokiConfig, LokiEncoder},
-        otlp::{OtlpConfig, OtlpEncoder},
+        otlp::{
+            exporter::{Answer, ExporterTransport, Post, RecordEncoder},
+            settings, OtlpConfig, OtlpEncoder,
+        },
     },
     pipeline::event::Event,
 };
@@ -97,6 +105,45 @@ impl<P: Send + Sync + 'static, F: FnMut(&P) + Send + 'static> Transport for Null
     }
 }
 
+/// The OTLP exporter's HTTP client, discarding: the request is built,
+/// encoded and compressed by the exporter as for a real collector.
+struct NullPost;
+
+impl Post for NullPost {
+    async fn post_with(&mut self, headers: hyper::HeaderMap, body: bytes::Bytes) -> Answer {
+        black_box((headers.len(), body.len()));
+        Ok((hyper::StatusCode::OK, hyper::HeaderMap::new(), bytes::Bytes::new()))
+    }
+}
+
+/// The whole pipeline with a real transport (the OTLP exporter's).
+fn transport_rate<E: Encoder, T: Transport<Payload = E::Payload>>(
+    rt: &tokio::runtime::Runtime,
+    mut make: impl FnMut() -> (E, T),
+) -> f64 {
+    let evs = events();
+    rate(|| {
+        rt.block_on(async {
+            let q =
+                QueueConfig { capacity: N, batch_max_events: BATCH, batch_max_bytes: 4 << 20, linger_ms: 5 };
+            let (enc, transport) = make();
+            let h = framework::spawn("bench", &q, &RetryConfig::default(), enc, transport);
+            for e in &evs {
+                h.offer(e);
+            }
+            loop {
+                let s = h.snapshot();
+                if s.sent + s.failed + s.dropped >= N as u64 {
+                    assert_eq!(s.sent, N as u64, "{s:?}");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            h.shutdown(tokio::time::Instant::now() + Duration::from_secs(1)).await;
+        })
+    })
+}
+
 fn pipeline_rate<E: Encoder>(
     rt: &tokio::runtime::Runtime,
     mut make: impl FnMut() -> E,
@@ -128,6 +175,14 @@ fn pipeline_rate<E: Encoder>(
             h.shutdown(tokio::time::Instant::now() + Duration::from_secs(1)).await;
         })
     })
+}
+
+/// OTLP/HTTP through opentelemetry-otlp's exporter: SDK records, the
+/// exporter's encoding (and compression), a discarding client.
+fn exporter_rate(rt: &tokio::runtime::Runtime, yaml: &str) -> f64 {
+    let cfg: OtlpConfig = serde_yaml::from_str(yaml).expect("cfg");
+    let s = settings::resolve(&cfg, &settings::no_env, "node-1").expect("settings");
+    transport_rate(rt, || (RecordEncoder::default(), ExporterTransport::new(&s, NullPost).expect("exporter")))
 }
 
 fn main() {
@@ -207,7 +262,7 @@ fn main() {
             ),
         ),
         (
-            "otlp (protobuf)",
+            "otlp grpc (generated types)",
             pipeline_rate(
                 &rt,
                 || OtlpEncoder::new(&otlp, "node-1"),
@@ -217,6 +272,12 @@ fn main() {
                 &evs,
             ),
         ),
+        ("otlp http/protobuf (exporter)", exporter_rate(&rt, "protocol: http/protobuf")),
+        (
+            "otlp http/protobuf+gzip (exp.)",
+            exporter_rate(&rt, "{protocol: http/protobuf, compression: gzip}"),
+        ),
+        ("otlp http/json (exporter)", exporter_rate(&rt, "protocol: http/json")),
         (
             "kafka (records)",
             pipeline_rate(

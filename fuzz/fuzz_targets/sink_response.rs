@@ -1,5 +1,5 @@
 //! What sinks read back from their backends: HTTP status, headers and body
-//! (OTLP/HTTP, Loki, the shared classifier), gRPC status trailers and
+//! (OTLP/HTTP protobuf and JSON, Loki, the shared classifier), gRPC status trailers and
 //! response messages (OTLP/gRPC), and `Retry-After` through the retry
 //! policy to the instant the next attempt is scheduled for.
 //!
@@ -112,6 +112,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(shared.is_ok(), status.is_success());
     check(loki::outcome(status, &headers, &body));
     check(otlp::http_outcome(status, &headers, body.clone()));
+    check(otlp::exporter::http_json_outcome(status, &headers, body.clone()));
 
     // OTLP/gRPC, as the client reads an answer: a status in the headers or
     // trailers, else the response message; through the sink's guard.

@@ -31,6 +31,8 @@ mod readiness;
 mod kafka_broker;
 mod loki_double;
 mod otlp_double;
+mod otlp_env;
+mod otlp_python;
 mod sinks;
 
 // Dashboards, Prometheus and Loki rules: structure (no root), then every query

@@ -24,7 +24,7 @@ const POD_UID: &str = "6b1f0a52-2c3d-4e5f-8a9b-0c1d2e3f4a5b";
 
 /// Event `seq` of a realistic mix: exec and file in a pod, connect on the
 /// host. `seq` is the pid, so each event can be recognised downstream.
-fn event(seq: u32) -> Arc<Event> {
+pub(crate) fn event(seq: u32) -> Arc<Event> {
     let secs = 1_767_225_600 + seq as u64 / 1000;
     let time = humantime::format_rfc3339_nanos(
         std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros((seq % 1000) as u64),
@@ -316,7 +316,7 @@ async fn tls_custom_ca_works_and_tls_failures_and_garbage_answers_are_counted() 
 
 // ---------------------------------------------------------------- OTLP ----
 
-fn check_otlp(rx: &OtlpDouble, n: usize) {
+pub(crate) fn check_otlp(rx: &OtlpDouble, n: usize) {
     assert_eq!(rx.record_count(), n);
     let mut seen = BTreeSet::new();
     for r in rx.received() {

@@ -55,6 +55,8 @@ impl QueueConfig {
     }
 }
 
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
 /// Retry policy, the same keys for every sink.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -65,8 +67,9 @@ pub struct RetryConfig {
     pub max_backoff_ms: u64,
     /// A server's `Retry-After` is honoured up to this long.
     pub max_retry_after_seconds: u64,
-    /// One request (connect + send + answer).
-    pub request_timeout_ms: u64,
+    /// One request (connect + send + answer); default 10 s. Unset, the OTLP
+    /// sink takes `OTEL_EXPORTER_OTLP_(LOGS_)TIMEOUT`.
+    pub request_timeout_ms: Option<u64>,
 }
 
 impl Default for RetryConfig {
@@ -76,7 +79,7 @@ impl Default for RetryConfig {
             initial_backoff_ms: 250,
             max_backoff_ms: 30_000,
             max_retry_after_seconds: 300,
-            request_timeout_ms: 10_000,
+            request_timeout_ms: None,
         }
     }
 }
@@ -88,12 +91,15 @@ impl RetryConfig {
             self.max_backoff_ms >= self.initial_backoff_ms,
             "sinks.{sink}.retry.max_backoff_ms must be >= initial_backoff_ms"
         );
-        anyhow::ensure!(self.request_timeout_ms > 0, "sinks.{sink}.retry.request_timeout_ms must be > 0");
+        anyhow::ensure!(
+            self.request_timeout_ms != Some(0),
+            "sinks.{sink}.retry.request_timeout_ms must be > 0"
+        );
         Ok(())
     }
 
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
+        Duration::from_millis(self.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS))
     }
 
     /// Delay before retry number `retry` (1-based): exponential, capped, with

@@ -239,7 +239,7 @@ impl HttpClient {
 
     async fn attempt(
         &mut self,
-        content_type: &'static str,
+        extra: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), SendError> {
         let mut sender = match self.conn.take() {
@@ -247,10 +247,14 @@ impl HttpClient {
             _ => self.connect().await?,
         };
         sender.ready().await.map_err(|e| SendError::retryable(format!("connection: {e}")))?;
-        let mut req = Request::builder().method(Method::POST).uri(self.uri.clone());
+        // Origin-form (`POST /v1/logs`): the absolute form is for proxies;
+        // servers must accept it, but not every one does (the OTLP test
+        // against Python's http.server showed it was being sent).
+        let target = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut req = Request::builder().method(Method::POST).uri(target);
         if let Some(h) = req.headers_mut() {
             h.extend(self.headers.clone());
-            h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            h.extend(extra);
             h.insert(USER_AGENT, HeaderValue::from_static(concat!("podwatch/", env!("CARGO_PKG_VERSION"))));
             if let Some(a) = self.uri.authority() {
                 if let Ok(v) = HeaderValue::from_str(a.as_str()) {
@@ -278,7 +282,19 @@ impl HttpClient {
         content_type: &'static str,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), SendError> {
-        match tokio::time::timeout(self.timeout, self.attempt(content_type, body)).await {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        self.post_with(h, body).await
+    }
+
+    /// [`HttpClient::post`] with these headers (content type included) over
+    /// the client's own; the OTLP exporter builds them.
+    pub async fn post_with(
+        &mut self,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), SendError> {
+        match tokio::time::timeout(self.timeout, self.attempt(headers, body)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 self.conn = None;
