@@ -436,8 +436,11 @@ async fn otlp_down_retries_then_counts_drops_and_other_sinks_are_unaffected() {
 /// or when.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loki_does_not_delay_otlp() {
+    // Loki answers nothing for a minute: every fact below is established while
+    // it still holds its first request, so none depends on how fast this
+    // machine is.
     let loki = LokiDouble::start().await;
-    loki.set_delay(Duration::from_millis(1500));
+    loki.set_delay(Duration::from_secs(60));
     let rx = OtlpDouble::http().await;
     let cfg = config(&format!(
         "loki: {{url: '{}', queue: {{capacity: 200, batch_max_events: 20, linger_ms: 10}}}}\n\
@@ -446,19 +449,20 @@ async fn slow_loki_does_not_delay_otlp() {
         rx.url()
     ));
     let sinks = Sinks::start(&cfg, "node-1").unwrap();
-    let t0 = Instant::now();
     for s in 0..1000u32 {
         sinks.offer(&event(s));
     }
-    assert!(t0.elapsed() < Duration::from_millis(200), "offers took {:?}", t0.elapsed());
-    assert!(wait_until(Duration::from_secs(3), || rx.record_count() == 1000).await, "{}", rx.record_count());
-    assert!(t0.elapsed() < Duration::from_secs(3), "otlp delayed: {:?}", t0.elapsed());
+    // Offering never waited for Loki: it has answered nothing yet.
+    assert!(loki.accepted().is_empty(), "Loki answered during the offers");
+    assert!(wait_until(Duration::from_secs(30), || rx.record_count() == 1000).await, "{}", rx.record_count());
+    assert!(loki.accepted().is_empty(), "OTLP's delivery waited for Loki");
     check_otlp(&rx, 1000);
     let l = stats_of(&sinks, "loki");
     assert!(l.dropped > 0 || l.queue_depth > 0, "slow loki should be backed up: {l:?}");
+    // Shutdown keeps its deadline though Loki still holds a request.
     let t1 = Instant::now();
     sinks.shutdown(Duration::from_secs(2)).await;
-    assert!(t1.elapsed() < Duration::from_secs(4), "shutdown took {:?}", t1.elapsed());
+    assert!(t1.elapsed() < Duration::from_secs(10), "shutdown took {:?}", t1.elapsed());
 }
 
 // --------------------------------------------------------------- Kafka ----
