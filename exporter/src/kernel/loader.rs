@@ -11,10 +11,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{
-        lsm::LsmLinkId, trace_point::TracePointLinkId, CgroupAttachMode, CgroupSockAddr, RawTracePoint,
-        TracePoint,
-    },
+    programs::{trace_point::TracePointLinkId, CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use podwatch_common::{CounterKey, CounterValue, KernelOffsets, PolicyConfig};
@@ -328,15 +325,11 @@ impl Loaded {
             } else {
                 attach(&mut ebpf, name, hook, cgroup_fd.as_ref())
             };
-            let on_demand = read_guard::is_guard(name);
+            let on_demand = read_guard::on_demand(name);
             let result = match (result, hook) {
                 (Ok(Attached::Tracepoint(link)), Hook::Tracepoint(category, tp)) if on_demand => {
                     let link = Some(link);
-                    guard_links.push((*name, read_guard::Link::Tracepoint { category, name: tp, link }));
-                    Ok(())
-                }
-                (Ok(Attached::Lsm(link)), Hook::Lsm(hook)) if on_demand => {
-                    guard_links.push((*name, read_guard::Link::Lsm { hook, link: Some(link) }));
+                    guard_links.push(read_guard::Hook { name, category, tracepoint: tp, link });
                     Ok(())
                 }
                 (r, _) => r.map(|_| ()),
@@ -373,7 +366,9 @@ impl Loaded {
         let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map")?)?;
         let counters = PerCpuHashMap::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         let ebpf = Arc::new(Mutex::new(ebpf));
-        let read_guard = ReadGuard::new(ebpf.clone(), guard_links);
+        let lsm_guard =
+            read_guard::LSM_PROGRAMS.iter().all(|p| status.iter().any(|s| s.program == *p && s.attached));
+        let read_guard = ReadGuard::new(ebpf.clone(), guard_links, lsm_guard);
         Ok(Sensors { ebpf, read_guard, status, events, stats, counters, offsets })
     }
 }
@@ -465,7 +460,6 @@ fn hook_desc(name: &str, hook: &Hook) -> String {
 /// A link id the read guard keeps, to detach its own while no rule needs it.
 enum Attached {
     Tracepoint(TracePointLinkId),
-    Lsm(LsmLinkId),
     Other,
 }
 
@@ -505,7 +499,7 @@ fn attach(
                 let btf = aya::Btf::from_sys_fs()?;
                 let p: &mut aya::programs::Lsm = prog.try_into()?;
                 p.load(h, &btf)?;
-                return Ok(Attached::Lsm(p.attach()?));
+                p.attach()?;
             }
         }
         Ok(Attached::Other)
