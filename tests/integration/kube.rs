@@ -312,3 +312,48 @@ async fn kube_token_file_is_reread_on_reconnect() {
     assert_eq!(count(&store.state.errors), 0);
     assert_eq!(count(&store.state.relists), 1);
 }
+
+/// The read-everything cost: a node with 5,000 pods from 100 Deployments
+/// (one ReplicaSet lookup each, then cached), from start to the first
+/// complete list in the store. Prints the time for the README's figures;
+/// the bound only catches a pathological regression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_initial_list_of_5000_pods_timed() {
+    const PODS: usize = 5000;
+    const DEPLOYMENTS: usize = 100;
+    let api = ApiDouble::start(500).await;
+    for d in 0..DEPLOYMENTS {
+        api.add_owner(
+            "ReplicaSet",
+            "shop",
+            &format!("web{d}-7d9f"),
+            Some(("Deployment", &format!("web{d}"))),
+        );
+    }
+    for i in 0..PODS {
+        let rs = format!("web{}-7d9f", i % DEPLOYMENTS);
+        let mut p = pod(
+            &format!("u{i:05}"),
+            &format!("{rs}-{i:05}"),
+            NODE,
+            Some(("ReplicaSet", &rs)),
+            &[("app", &format!("c{i:05}"))],
+        );
+        p["metadata"]["labels"]["pod-template-hash"] = json!("7d9f");
+        api.add_pod(p);
+    }
+    let cfg = source::KubeConfig { api_server: Some(api.url("http")), ..source::KubeConfig::new(NODE) };
+    let t0 = std::time::Instant::now();
+    let (store, _run) = start(cfg);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !store.synced() {
+        assert!(std::time::Instant::now() < deadline, "5,000 pods not listed within 60 s");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = t0.elapsed();
+    assert_eq!(store.live_count(), PODS);
+    assert_eq!(workload(&store, "u04999"), w("Deployment", "web99"));
+    let lists = api.lists().len();
+    let owner_gets = api.requests().iter().filter(|r| r.contains("/replicasets/")).count();
+    eprintln!("initial list of {PODS} pods: {elapsed:?} ({lists} list requests, {owner_gets} owner lookups)");
+}
