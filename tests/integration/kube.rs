@@ -1,7 +1,8 @@
-//! The Kubernetes pod source (`metadata::kube::run`) against a test double
-//! of the API server ([`crate::kube_api`]): no real Kubernetes API server can
-//! run on this machine, so the double speaks the real list/watch protocol and
-//! JSON, and the source runs in-process in the test's tokio runtime.
+//! The Kubernetes pod source (`pods::kube::run`, kube-rs's client and
+//! watcher) against a test double of the API server ([`crate::kube_api`]): no
+//! real Kubernetes API server can run on this machine, so the double speaks
+//! the real list/watch protocol and JSON, and the source runs in-process in
+//! the test's tokio runtime.
 //!
 //! These tests need no root; each one finishes in well under a second, every
 //! wait bounded by [`eventually`]'s 5 s.
@@ -44,7 +45,6 @@ fn config(api: &ApiDouble) -> source::KubeConfig {
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
         request_timeout: Duration::from_secs(2),
-        page_size: 100,
         ..source::KubeConfig::new(NODE)
     }
 }
@@ -117,12 +117,16 @@ async fn kube_list_watch_and_workloads() {
     let bare = store.get("u-bare").expect("bare pod");
     assert!(bare.workload.is_none() && bare.containers.is_empty() && bare.labels.is_empty());
 
-    // Paginated (page size 2 → 4 pages), every page with the node selector
-    // and the previous page's continue token.
+    // One list with the node selector, served from the API server's cache
+    // (resourceVersion=0, so unpaginated: the double's page size of 2 applies
+    // to `limit` lists only, as the watch cache ignores it).
     let lists = api.lists();
-    assert_eq!(lists.len(), 4, "{lists:?}");
-    assert!(lists.iter().all(|q| q.get("fieldSelector").map(String::as_str) == Some("spec.nodeName=node-1")));
-    assert_eq!(lists[1].get("continue").map(String::as_str), Some("off/2=="));
+    assert_eq!(lists.len(), 1, "{lists:?}");
+    let list = &lists[0];
+    assert_eq!(list.get("fieldSelector").map(String::as_str), Some("spec.nodeName=node-1"));
+    assert_eq!(list.get("resourceVersion").map(String::as_str), Some("0"), "{list:?}");
+    assert_eq!(list.get("resourceVersionMatch").map(String::as_str), Some("NotOlderThan"));
+    assert!(!list.contains_key("limit") && !list.contains_key("continue"), "{list:?}");
     assert_eq!(count(&store.state.relists), 1);
     assert_eq!(count(&store.state.errors), 0);
 
@@ -131,7 +135,9 @@ async fn kube_list_watch_and_workloads() {
     let first = &api.watches()[0];
     assert_eq!(first.get("resourceVersion").map(String::as_str), Some("108"));
     assert_eq!(first.get("allowWatchBookmarks").map(String::as_str), Some("true"));
+    assert_eq!(first.get("fieldSelector").map(String::as_str), Some("spec.nodeName=node-1"));
     assert!(first.contains_key("timeoutSeconds"));
+    assert!(!first.contains_key("sendInitialEvents"), "list then watch, not a streaming list");
 
     let mut web2 = pod("u-web2", "web-7d9f-ccccc", NODE, Some(("ReplicaSet", "web-7d9f")), &[("app", "c7")]);
     web2["metadata"]["labels"]["pod-template-hash"] = json!("7d9f");
@@ -190,7 +196,11 @@ async fn kube_410_gone_relists() {
     assert!(store.is_deleted("u2"), "missing from the re-list: deleted");
     assert!(!store.is_deleted("u1"));
     api.wait_watch(2).await;
-    assert_eq!(api.lists().len(), 2);
+    let lists = api.lists();
+    assert_eq!(lists.len(), 2);
+    // The re-list after 410 is served from the cache too.
+    assert_eq!(lists[1].get("resourceVersion").map(String::as_str), Some("0"), "{lists:?}");
+    assert_eq!(lists[1].get("resourceVersionMatch").map(String::as_str), Some("NotOlderThan"));
     assert_eq!(count(&store.state.errors), 0, "410 is the protocol, not an error");
 }
 
@@ -311,6 +321,62 @@ async fn kube_token_file_is_reread_on_reconnect() {
     eventually("an event after rotation", || store.get("u2").is_some()).await;
     assert_eq!(count(&store.state.errors), 0);
     assert_eq!(count(&store.state.relists), 1);
+}
+
+/// A kubeconfig whose user runs an exec credential plugin (as EKS, GKE and
+/// AKS kubeconfigs do): the plugin's ExecCredential token is what the
+/// double requires, on every request, across a re-list, from one client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_exec_credential_plugin_from_kubeconfig() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let api = ApiDouble::start(100).await;
+    api.add_owner("ReplicaSet", "shop", "web-7d9f", Some(("Deployment", "web")));
+    api.add_pod(pod("u1", "web-7d9f-x", NODE, Some(("ReplicaSet", "web-7d9f")), &[("a", "c1")]));
+    api.require_token(Some("exec-token-1"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = dir.path().join("credential-plugin.sh");
+    let runs = dir.path().join("runs");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\n\
+             # The exec credential protocol: kubectl sets KUBERNETES_EXEC_INFO.\n\
+             [ -n \"$KUBERNETES_EXEC_INFO\" ] || exit 3\n\
+             echo run >> '{}'\n\
+             echo '{{\"apiVersion\": \"client.authentication.k8s.io/v1\", \"kind\": \"ExecCredential\", \
+             \"status\": {{\"token\": \"exec-token-1\"}}}}'\n",
+            runs.display()
+        ),
+    )
+    .expect("plugin");
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A relative command with a path separator is relative to the kubeconfig.
+    let user = "{exec: {apiVersion: client.authentication.k8s.io/v1, command: ./credential-plugin.sh, \
+                args: [--cluster, test], interactiveMode: Never}}";
+    let kubeconfig = write_kubeconfig(dir.path(), &api.url("http"), user);
+    let cfg = source::KubeConfig { kubeconfig: Some(kubeconfig), api_server: None, ..config(&api) };
+    let (store, _run) = start(cfg);
+    eventually("the list with the plugin's token", || store.synced()).await;
+    assert_eq!(workload(&store, "u1"), w("Deployment", "web"), "the owner lookup carries the token too");
+    api.wait_watch(1).await;
+    // kube-rs runs the plugin while it builds the client (for a token and
+    // for a client certificate); a token without expirationTimestamp is then
+    // kept. What must not happen is a new client, and a new run, per re-list.
+    let runs_at_start = std::fs::read_to_string(&runs).expect("the plugin ran").lines().count();
+    assert!(runs_at_start >= 1);
+    api.add_pod_unseen(pod("u2", "two", NODE, None, &[]));
+    api.watch_error(410);
+    eventually("the re-list after 410", || count(&store.state.relists) == 2).await;
+    api.wait_watch(2).await;
+    api.add_pod(pod("u3", "three", NODE, None, &[]));
+    eventually("a watch event", || store.get("u3").is_some()).await;
+    assert!(store.get("u2").is_some());
+    assert_eq!(count(&store.state.errors), 0);
+    let tokens = api.request_tokens();
+    assert!(tokens.len() >= 5 && tokens.iter().all(|t| t.as_deref() == Some("exec-token-1")), "{tokens:?}");
+    let runs = std::fs::read_to_string(&runs).expect("the plugin ran").lines().count();
+    assert_eq!(runs, runs_at_start, "one client for every re-list");
 }
 
 /// The read-everything cost: a node with 5,000 pods from 100 Deployments
