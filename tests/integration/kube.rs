@@ -252,6 +252,39 @@ async fn kube_errors_are_counted_and_recovered() {
     assert_eq!(count(&store.state.errors), 7, "404: the owner is gone, not an error");
 }
 
+/// An owner lookup the API refuses (403: the ClusterRole lacks `get` on
+/// replicasets) is counted once, the pod still gets its Deployment from the
+/// `pod-template-hash` label, and that answer is cached: the node's other
+/// pods of the same ReplicaSet cost no more GETs. Lookups ask for metadata
+/// only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_owner_lookup_failure_falls_back_and_is_cached() {
+    let api = ApiDouble::start(100).await;
+    api.fail_owner_lookups(Some(403));
+    for i in 0..3 {
+        let mut p =
+            pod(&format!("u{i}"), &format!("web-7d9f-{i}"), NODE, Some(("ReplicaSet", "web-7d9f")), &[]);
+        p["metadata"]["labels"]["pod-template-hash"] = json!("7d9f");
+        api.add_pod(p);
+    }
+    let (store, _run) = start(config(&api));
+    eventually("the first list", || store.synced()).await;
+    for i in 0..3 {
+        assert_eq!(workload(&store, &format!("u{i}")), w("Deployment", "web"));
+    }
+    api.wait_watch(1).await;
+    let mut p = pod("u3", "web-7d9f-3", NODE, Some(("ReplicaSet", "web-7d9f")), &[]);
+    p["metadata"]["labels"]["pod-template-hash"] = json!("7d9f");
+    api.add_pod(p);
+    eventually("ADDED", || store.get("u3").is_some()).await;
+    assert_eq!(workload(&store, "u3"), w("Deployment", "web"));
+    let accepts = api.owner_accepts();
+    assert_eq!(accepts.len(), 1, "one lookup for four pods: {accepts:?}");
+    assert!(accepts[0].contains("as=PartialObjectMetadata"), "{accepts:?}");
+    assert_eq!(count(&store.state.errors), 1, "the refused lookup is counted once");
+    assert_eq!(count(&store.state.relists), 1, "a failed owner lookup fails no list");
+}
+
 fn write_kubeconfig(dir: &Path, server: &str, user: &str) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
     let text = format!(

@@ -71,6 +71,10 @@ struct State {
     tokens: Vec<String>,
     /// The bearer token each request carried (None: none), in arrival order.
     request_tokens: Vec<Option<String>>,
+    /// When set, ReplicaSet and Job GETs get this status (403: RBAC missing).
+    fail_owners: Option<u16>,
+    /// Accept header of every owner GET, in arrival order.
+    owner_accepts: Vec<String>,
     /// Counts watches opened, so a `timeoutSeconds` timer ends only its own.
     watch_serial: u64,
 }
@@ -223,6 +227,16 @@ impl ApiDouble {
         self.lock().watch = None;
     }
 
+    /// Every ReplicaSet and Job GET from now on gets `code` (None: answered).
+    pub fn fail_owner_lookups(&self, code: Option<u16>) {
+        self.lock().fail_owners = code;
+    }
+
+    /// The Accept header of every owner GET so far.
+    pub fn owner_accepts(&self) -> Vec<String> {
+        self.lock().owner_accepts.clone()
+    }
+
     /// The next `n` LIST requests get a 500.
     pub fn fail_lists(&self, n: u32) {
         self.lock().fail_lists = n;
@@ -337,21 +351,27 @@ fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body_> 
         return status(401, "Unauthorized", "Unauthorized");
     }
     // kube-rs's get_metadata asks for the object's metadata only.
-    let metadata_only = req
-        .headers()
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
+    let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let metadata_only = accept.contains("as=PartialObjectMetadata");
     let path = req.uri().path();
     let q = query(&target);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["api", "v1", "pods"] if q.contains_key("watch") => watch(state, &mut s, &q),
         ["api", "v1", "pods"] => list(&mut s, &q),
+        ["apis", "apps" | "batch", "v1", "namespaces", ..] if s.fail_owners.is_some() => {
+            s.owner_accepts.push(accept);
+            let code = s.fail_owners.unwrap_or(500);
+            status(code, "Forbidden", "injected owner lookup failure")
+        }
         ["apis", "apps", "v1", "namespaces", ns, "replicasets", name] => {
+            s.owner_accepts.push(accept);
             owner(&s, "ReplicaSet", ns, name, metadata_only)
         }
-        ["apis", "batch", "v1", "namespaces", ns, "jobs", name] => owner(&s, "Job", ns, name, metadata_only),
+        ["apis", "batch", "v1", "namespaces", ns, "jobs", name] => {
+            s.owner_accepts.push(accept);
+            owner(&s, "Job", ns, name, metadata_only)
+        }
         _ => status(404, "NotFound", "the server could not find the requested resource"),
     }
 }
