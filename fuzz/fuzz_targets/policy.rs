@@ -70,7 +70,11 @@ fuzz_target!(|data: &[u8]| {
         program: "sched_process_exec".into(),
         hook: "tracepoint".into(),
         attached: true,
+        available: true,
         error: None,
+        load_ms: 0,
+        verified_insns: None,
+        on_demand: false,
     }];
     for u in coverage::unenforced(&set, &sensors) {
         let _ = u.to_string();

@@ -28,8 +28,8 @@ use crate::{
 };
 
 /// What the agent calls on the API server, as (API group, resource, verb):
-/// exporter/src/metadata/kube.rs lists and watches this node's pods and GETs
-/// a pod's ReplicaSet or Job to name its Deployment or CronJob.
+/// exporter/src/pods/kube/ lists and watches this node's pods and GETs (as
+/// metadata) a pod's ReplicaSet or Job to name its Deployment or CronJob.
 const AGENT_CALLS: &[(&str, &str, &str)] =
     &[("", "pods", "list"), ("", "pods", "watch"), ("apps", "replicasets", "get"), ("batch", "jobs", "get")];
 

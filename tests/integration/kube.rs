@@ -1,7 +1,8 @@
-//! The Kubernetes pod source (`metadata::kube::run`) against a test double
-//! of the API server ([`crate::kube_api`]): no real Kubernetes API server can
-//! run on this machine, so the double speaks the real list/watch protocol and
-//! JSON, and the source runs in-process in the test's tokio runtime.
+//! The Kubernetes pod source (`pods::kube::run`, kube-rs's client and
+//! watcher) against a test double of the API server ([`crate::kube_api`]): no
+//! real Kubernetes API server can run on this machine, so the double speaks
+//! the real list/watch protocol and JSON, and the source runs in-process in
+//! the test's tokio runtime.
 //!
 //! These tests need no root; each one finishes in well under a second, every
 //! wait bounded by [`eventually`]'s 5 s.
@@ -44,7 +45,6 @@ fn config(api: &ApiDouble) -> source::KubeConfig {
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
         request_timeout: Duration::from_secs(2),
-        page_size: 100,
         ..source::KubeConfig::new(NODE)
     }
 }
@@ -117,12 +117,16 @@ async fn kube_list_watch_and_workloads() {
     let bare = store.get("u-bare").expect("bare pod");
     assert!(bare.workload.is_none() && bare.containers.is_empty() && bare.labels.is_empty());
 
-    // Paginated (page size 2 → 4 pages), every page with the node selector
-    // and the previous page's continue token.
+    // One list with the node selector, served from the API server's cache
+    // (resourceVersion=0, so unpaginated: the double's page size of 2 applies
+    // to `limit` lists only, as the watch cache ignores it).
     let lists = api.lists();
-    assert_eq!(lists.len(), 4, "{lists:?}");
-    assert!(lists.iter().all(|q| q.get("fieldSelector").map(String::as_str) == Some("spec.nodeName=node-1")));
-    assert_eq!(lists[1].get("continue").map(String::as_str), Some("off/2=="));
+    assert_eq!(lists.len(), 1, "{lists:?}");
+    let list = &lists[0];
+    assert_eq!(list.get("fieldSelector").map(String::as_str), Some("spec.nodeName=node-1"));
+    assert_eq!(list.get("resourceVersion").map(String::as_str), Some("0"), "{list:?}");
+    assert_eq!(list.get("resourceVersionMatch").map(String::as_str), Some("NotOlderThan"));
+    assert!(!list.contains_key("limit") && !list.contains_key("continue"), "{list:?}");
     assert_eq!(count(&store.state.relists), 1);
     assert_eq!(count(&store.state.errors), 0);
 
@@ -131,7 +135,9 @@ async fn kube_list_watch_and_workloads() {
     let first = &api.watches()[0];
     assert_eq!(first.get("resourceVersion").map(String::as_str), Some("108"));
     assert_eq!(first.get("allowWatchBookmarks").map(String::as_str), Some("true"));
+    assert_eq!(first.get("fieldSelector").map(String::as_str), Some("spec.nodeName=node-1"));
     assert!(first.contains_key("timeoutSeconds"));
+    assert!(!first.contains_key("sendInitialEvents"), "list then watch, not a streaming list");
 
     let mut web2 = pod("u-web2", "web-7d9f-ccccc", NODE, Some(("ReplicaSet", "web-7d9f")), &[("app", "c7")]);
     web2["metadata"]["labels"]["pod-template-hash"] = json!("7d9f");
@@ -190,7 +196,11 @@ async fn kube_410_gone_relists() {
     assert!(store.is_deleted("u2"), "missing from the re-list: deleted");
     assert!(!store.is_deleted("u1"));
     api.wait_watch(2).await;
-    assert_eq!(api.lists().len(), 2);
+    let lists = api.lists();
+    assert_eq!(lists.len(), 2);
+    // The re-list after 410 is served from the cache too.
+    assert_eq!(lists[1].get("resourceVersion").map(String::as_str), Some("0"), "{lists:?}");
+    assert_eq!(lists[1].get("resourceVersionMatch").map(String::as_str), Some("NotOlderThan"));
     assert_eq!(count(&store.state.errors), 0, "410 is the protocol, not an error");
 }
 
@@ -240,6 +250,39 @@ async fn kube_errors_are_counted_and_recovered() {
     eventually("ADDED with a missing owner", || store.get("u4").is_some()).await;
     assert_eq!(workload(&store, "u4"), w("ReplicaSet", "gone"));
     assert_eq!(count(&store.state.errors), 7, "404: the owner is gone, not an error");
+}
+
+/// An owner lookup the API refuses (403: the ClusterRole lacks `get` on
+/// replicasets) is counted once, the pod still gets its Deployment from the
+/// `pod-template-hash` label, and that answer is cached: the node's other
+/// pods of the same ReplicaSet cost no more GETs. Lookups ask for metadata
+/// only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_owner_lookup_failure_falls_back_and_is_cached() {
+    let api = ApiDouble::start(100).await;
+    api.fail_owner_lookups(Some(403));
+    for i in 0..3 {
+        let mut p =
+            pod(&format!("u{i}"), &format!("web-7d9f-{i}"), NODE, Some(("ReplicaSet", "web-7d9f")), &[]);
+        p["metadata"]["labels"]["pod-template-hash"] = json!("7d9f");
+        api.add_pod(p);
+    }
+    let (store, _run) = start(config(&api));
+    eventually("the first list", || store.synced()).await;
+    for i in 0..3 {
+        assert_eq!(workload(&store, &format!("u{i}")), w("Deployment", "web"));
+    }
+    api.wait_watch(1).await;
+    let mut p = pod("u3", "web-7d9f-3", NODE, Some(("ReplicaSet", "web-7d9f")), &[]);
+    p["metadata"]["labels"]["pod-template-hash"] = json!("7d9f");
+    api.add_pod(p);
+    eventually("ADDED", || store.get("u3").is_some()).await;
+    assert_eq!(workload(&store, "u3"), w("Deployment", "web"));
+    let accepts = api.owner_accepts();
+    assert_eq!(accepts.len(), 1, "one lookup for four pods: {accepts:?}");
+    assert!(accepts[0].contains("as=PartialObjectMetadata"), "{accepts:?}");
+    assert_eq!(count(&store.state.errors), 1, "the refused lookup is counted once");
+    assert_eq!(count(&store.state.relists), 1, "a failed owner lookup fails no list");
 }
 
 fn write_kubeconfig(dir: &Path, server: &str, user: &str) -> std::path::PathBuf {
@@ -311,4 +354,105 @@ async fn kube_token_file_is_reread_on_reconnect() {
     eventually("an event after rotation", || store.get("u2").is_some()).await;
     assert_eq!(count(&store.state.errors), 0);
     assert_eq!(count(&store.state.relists), 1);
+}
+
+/// A kubeconfig whose user runs an exec credential plugin (as EKS, GKE and
+/// AKS kubeconfigs do): the plugin's ExecCredential token is what the
+/// double requires, on every request, across a re-list, from one client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_exec_credential_plugin_from_kubeconfig() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let api = ApiDouble::start(100).await;
+    api.add_owner("ReplicaSet", "shop", "web-7d9f", Some(("Deployment", "web")));
+    api.add_pod(pod("u1", "web-7d9f-x", NODE, Some(("ReplicaSet", "web-7d9f")), &[("a", "c1")]));
+    api.require_token(Some("exec-token-1"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = dir.path().join("credential-plugin.sh");
+    let runs = dir.path().join("runs");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\n\
+             # The exec credential protocol: kubectl sets KUBERNETES_EXEC_INFO.\n\
+             [ -n \"$KUBERNETES_EXEC_INFO\" ] || exit 3\n\
+             echo run >> '{}'\n\
+             echo '{{\"apiVersion\": \"client.authentication.k8s.io/v1\", \"kind\": \"ExecCredential\", \
+             \"status\": {{\"token\": \"exec-token-1\"}}}}'\n",
+            runs.display()
+        ),
+    )
+    .expect("plugin");
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A relative command with a path separator is relative to the kubeconfig.
+    let user = "{exec: {apiVersion: client.authentication.k8s.io/v1, command: ./credential-plugin.sh, \
+                args: [--cluster, test], interactiveMode: Never}}";
+    let kubeconfig = write_kubeconfig(dir.path(), &api.url("http"), user);
+    let cfg = source::KubeConfig { kubeconfig: Some(kubeconfig), api_server: None, ..config(&api) };
+    let (store, _run) = start(cfg);
+    eventually("the list with the plugin's token", || store.synced()).await;
+    assert_eq!(workload(&store, "u1"), w("Deployment", "web"), "the owner lookup carries the token too");
+    api.wait_watch(1).await;
+    // kube-rs runs the plugin while it builds the client (for a token and
+    // for a client certificate); a token without expirationTimestamp is then
+    // kept. What must not happen is a new client, and a new run, per re-list.
+    let runs_at_start = std::fs::read_to_string(&runs).expect("the plugin ran").lines().count();
+    assert!(runs_at_start >= 1);
+    api.add_pod_unseen(pod("u2", "two", NODE, None, &[]));
+    api.watch_error(410);
+    eventually("the re-list after 410", || count(&store.state.relists) == 2).await;
+    api.wait_watch(2).await;
+    api.add_pod(pod("u3", "three", NODE, None, &[]));
+    eventually("a watch event", || store.get("u3").is_some()).await;
+    assert!(store.get("u2").is_some());
+    assert_eq!(count(&store.state.errors), 0);
+    let tokens = api.request_tokens();
+    assert!(tokens.len() >= 5 && tokens.iter().all(|t| t.as_deref() == Some("exec-token-1")), "{tokens:?}");
+    let runs = std::fs::read_to_string(&runs).expect("the plugin ran").lines().count();
+    assert_eq!(runs, runs_at_start, "one client for every re-list");
+}
+
+/// The read-everything cost: a node with 5,000 pods from 100 Deployments
+/// (one ReplicaSet lookup each, then cached), from start to the first
+/// complete list in the store. Prints the time for the README's figures;
+/// the bound only catches a pathological regression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_initial_list_of_5000_pods_timed() {
+    const PODS: usize = 5000;
+    const DEPLOYMENTS: usize = 100;
+    let api = ApiDouble::start(500).await;
+    for d in 0..DEPLOYMENTS {
+        api.add_owner(
+            "ReplicaSet",
+            "shop",
+            &format!("web{d}-7d9f"),
+            Some(("Deployment", &format!("web{d}"))),
+        );
+    }
+    for i in 0..PODS {
+        let rs = format!("web{}-7d9f", i % DEPLOYMENTS);
+        let mut p = pod(
+            &format!("u{i:05}"),
+            &format!("{rs}-{i:05}"),
+            NODE,
+            Some(("ReplicaSet", &rs)),
+            &[("app", &format!("c{i:05}"))],
+        );
+        p["metadata"]["labels"]["pod-template-hash"] = json!("7d9f");
+        api.add_pod(p);
+    }
+    let cfg = source::KubeConfig { api_server: Some(api.url("http")), ..source::KubeConfig::new(NODE) };
+    let t0 = std::time::Instant::now();
+    let (store, _run) = start(cfg);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !store.synced() {
+        assert!(std::time::Instant::now() < deadline, "5,000 pods not listed within 60 s");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = t0.elapsed();
+    assert_eq!(store.live_count(), PODS);
+    assert_eq!(workload(&store, "u04999"), w("Deployment", "web99"));
+    let lists = api.lists().len();
+    let owner_gets = api.requests().iter().filter(|r| r.contains("/replicasets/")).count();
+    eprintln!("initial list of {PODS} pods: {elapsed:?} ({lists} list requests, {owner_gets} owner lookups)");
 }

@@ -1,15 +1,27 @@
 //! A test double of the Kubernetes API server, for the pod source's tests.
 //!
 //! No real API server can run on this machine (no etcd, no kube-apiserver
-//! binary, no network to fetch one), so this speaks the parts of the real
-//! protocol the pod source uses, in the same JSON: paginated PodLists with
-//! `metadata.resourceVersion` and `metadata.continue`, honouring the
-//! `spec.nodeName` field selector and `limit`; newline-delimited watch event
-//! streams (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR with a `Status`); GET
-//! of ReplicaSets and Jobs; `Status` error bodies; bearer tokens and, over
-//! TLS, client certificates. Tests drive it: they change pods (which
-//! streams the events to the open watch), inject failures, and read back
-//! which requests arrived.
+//! binary, no network to fetch one), so this is a double built from the
+//! Kubernetes API's list/watch protocol (api-concepts: efficient detection
+//! of changes, resource versions, watch bookmarks) speaking the parts the
+//! pod source's client (kube-rs) uses, in the same JSON:
+//! - PodLists with `metadata.resourceVersion`, honouring the `spec.nodeName`
+//!   field selector; `resourceVersion=0` (with `resourceVersionMatch=
+//!   NotOlderThan`) answered whole, as the API server's watch cache answers
+//!   it, `limit`/`continue` pagination otherwise, and the server's own
+//!   validation of `resourceVersionMatch` (400 without a resourceVersion or
+//!   with a continue token);
+//! - newline-delimited watch event streams (ADDED, MODIFIED, DELETED,
+//!   BOOKMARK, ERROR with a `Status`) ended after `timeoutSeconds`, as the
+//!   server ends them; `allowWatchBookmarks` recorded; `sendInitialEvents`
+//!   (streaming lists) refused with 400, because this double does not model it;
+//! - GET of ReplicaSets and Jobs, whole or as `PartialObjectMetadata` when
+//!   the Accept header asks for it;
+//! - `Status` error bodies; bearer tokens and, over TLS, client certificates.
+//!
+//! Tests drive it: they change pods (which streams the events to the open
+//! watch), inject failures, and read back which requests arrived and with
+//! which token.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -25,7 +37,7 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::{
     body::{Body, Frame, Incoming},
-    header::{AUTHORIZATION, CONTENT_TYPE},
+    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE},
     service::service_fn,
     Request, Response, StatusCode,
 };
@@ -54,8 +66,17 @@ struct State {
     watch: Option<Watch>,
     /// Every request's path and query, in arrival order.
     requests: Vec<String>,
-    /// When set, requests must carry `Authorization: Bearer <token>`.
-    token: Option<String>,
+    /// When not empty, requests must carry `Authorization: Bearer <t>` with
+    /// one of these tokens.
+    tokens: Vec<String>,
+    /// The bearer token each request carried (None: none), in arrival order.
+    request_tokens: Vec<Option<String>>,
+    /// When set, ReplicaSet and Job GETs get this status (403: RBAC missing).
+    fail_owners: Option<u16>,
+    /// Accept header of every owner GET, in arrival order.
+    owner_accepts: Vec<String>,
+    /// Counts watches opened, so a `timeoutSeconds` timer ends only its own.
+    watch_serial: u64,
 }
 
 /// A running double; dropping it stops the server and ends every stream.
@@ -114,7 +135,12 @@ impl ApiDouble {
 
     /// Requires this bearer token from now on (None: no authentication).
     pub fn require_token(&self, token: Option<&str>) {
-        self.lock().token = token.map(str::to_owned);
+        self.lock().tokens = token.map(str::to_owned).into_iter().collect();
+    }
+
+    /// The bearer token of every request so far, in arrival order.
+    pub fn request_tokens(&self) -> Vec<Option<String>> {
+        self.lock().request_tokens.clone()
     }
 
     /// Stores a pod without telling the open watch: an event the client
@@ -199,6 +225,16 @@ impl ApiDouble {
     /// Ends the open watch stream normally (as the server's timeoutSeconds does).
     pub fn end_watch(&self) {
         self.lock().watch = None;
+    }
+
+    /// Every ReplicaSet and Job GET from now on gets `code` (None: answered).
+    pub fn fail_owner_lookups(&self, code: Option<u16>) {
+        self.lock().fail_owners = code;
+    }
+
+    /// The Accept header of every owner GET so far.
+    pub fn owner_accepts(&self) -> Vec<String> {
+        self.lock().owner_accepts.clone()
     }
 
     /// The next `n` LIST requests get a 500.
@@ -300,24 +336,42 @@ async fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, st
     }
 }
 
-fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body_> {
+fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body_> {
     let Ok(mut s) = state.lock() else { return status(500, "InternalError", "poisoned") };
     let target = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     s.requests.push(target.clone());
-    if let Some(token) = &s.token {
-        let want = format!("Bearer {token}");
-        if req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
-            return status(401, "Unauthorized", "Unauthorized");
-        }
+    let bearer = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    s.request_tokens.push(bearer.clone());
+    if !s.tokens.is_empty() && !bearer.is_some_and(|b| s.tokens.contains(&b)) {
+        return status(401, "Unauthorized", "Unauthorized");
     }
+    // kube-rs's get_metadata asks for the object's metadata only.
+    let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let metadata_only = accept.contains("as=PartialObjectMetadata");
     let path = req.uri().path();
     let q = query(&target);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["api", "v1", "pods"] if q.contains_key("watch") => watch(&mut s, &q),
+        ["api", "v1", "pods"] if q.contains_key("watch") => watch(state, &mut s, &q),
         ["api", "v1", "pods"] => list(&mut s, &q),
-        ["apis", "apps", "v1", "namespaces", ns, "replicasets", name] => owner(&s, "ReplicaSet", ns, name),
-        ["apis", "batch", "v1", "namespaces", ns, "jobs", name] => owner(&s, "Job", ns, name),
+        ["apis", "apps" | "batch", "v1", "namespaces", ..] if s.fail_owners.is_some() => {
+            s.owner_accepts.push(accept);
+            let code = s.fail_owners.unwrap_or(500);
+            status(code, "Forbidden", "injected owner lookup failure")
+        }
+        ["apis", "apps", "v1", "namespaces", ns, "replicasets", name] => {
+            s.owner_accepts.push(accept);
+            owner(&s, "ReplicaSet", ns, name, metadata_only)
+        }
+        ["apis", "batch", "v1", "namespaces", ns, "jobs", name] => {
+            s.owner_accepts.push(accept);
+            owner(&s, "Job", ns, name, metadata_only)
+        }
         _ => status(404, "NotFound", "the server could not find the requested resource"),
     }
 }
@@ -335,7 +389,26 @@ fn list(s: &mut State, q: &HashMap<String, String>) -> Response<Body_> {
     let Some(node) = selected_node(q) else {
         return status(400, "BadRequest", "expected a spec.nodeName field selector");
     };
-    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(usize::MAX).min(s.page_size).max(1);
+    // The API server's validation of list options.
+    if q.contains_key("resourceVersionMatch") {
+        if !q.contains_key("resourceVersion") {
+            return status(
+                400,
+                "BadRequest",
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            );
+        }
+        if q.contains_key("continue") {
+            return status(400, "BadRequest", "resourceVersionMatch is forbidden when continue is provided");
+        }
+    }
+    // resourceVersion=0 is served from the watch cache, whole; otherwise a
+    // `limit` pages through the list (at most `page_size` per page).
+    let from_cache = q.get("resourceVersion").is_some_and(|v| v == "0");
+    let limit = match q.get("limit") {
+        Some(l) if !from_cache => l.parse().unwrap_or(usize::MAX).min(s.page_size).max(1),
+        _ => usize::MAX,
+    };
     // An opaque-looking token with characters that need URL encoding.
     let offset = match q.get("continue") {
         None => 0,
@@ -358,7 +431,7 @@ fn list(s: &mut State, q: &HashMap<String, String>) -> Response<Body_> {
     respond(200, body.to_string())
 }
 
-fn watch(s: &mut State, q: &HashMap<String, String>) -> Response<Body_> {
+fn watch(state: &Arc<Mutex<State>>, s: &mut State, q: &HashMap<String, String>) -> Response<Body_> {
     if s.fail_watches > 0 {
         s.fail_watches -= 1;
         return status(500, "InternalError", "injected watch failure");
@@ -366,9 +439,31 @@ fn watch(s: &mut State, q: &HashMap<String, String>) -> Response<Body_> {
     let Some(node) = selected_node(q) else {
         return status(400, "BadRequest", "expected a spec.nodeName field selector");
     };
+    if q.contains_key("sendInitialEvents") {
+        return status(
+            400,
+            "BadRequest",
+            "streaming lists (sendInitialEvents) are not modelled by this double",
+        );
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     // A new watch replaces the previous one, whose stream then ends.
     s.watch = Some(Watch { tx, node });
+    s.watch_serial += 1;
+    // The server ends every watch after timeoutSeconds.
+    if let Some(secs) = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()) {
+        let (state, serial) = (Arc::downgrade(state), s.watch_serial);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            if let Some(state) = state.upgrade() {
+                if let Ok(mut s) = state.lock() {
+                    if s.watch_serial == serial {
+                        s.watch = None;
+                    }
+                }
+            }
+        });
+    }
     Response::builder()
         .status(200)
         .header(CONTENT_TYPE, "application/json")
@@ -376,8 +471,13 @@ fn watch(s: &mut State, q: &HashMap<String, String>) -> Response<Body_> {
         .expect("watch response")
 }
 
-fn owner(s: &State, kind: &str, ns: &str, name: &str) -> Response<Body_> {
+fn owner(s: &State, kind: &str, ns: &str, name: &str, metadata_only: bool) -> Response<Body_> {
     match s.owners.get(&(kind.to_owned(), ns.to_owned(), name.to_owned())) {
+        Some(obj) if metadata_only => respond(
+            200,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj["metadata"]})
+                .to_string(),
+        ),
         Some(obj) => respond(200, obj.to_string()),
         None => status(404, "NotFound", &format!("{kind} {name:?} not found")),
     }
