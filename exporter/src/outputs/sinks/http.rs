@@ -24,7 +24,7 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use super::framework::{parse_retry_after, SendError};
-use crate::tls::{parse_certs, system_ca};
+use crate::tls::{parse_certs, root_store};
 
 /// TLS for a sink's endpoint (https:// URLs; grpcs for OTLP gRPC).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -65,15 +65,7 @@ pub fn rustls_config(files: &TlsFiles, alpn: &[&[u8]]) -> anyhow::Result<rustls:
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = match &files.ca {
-        Some(pem) => pem.clone(),
-        None => system_ca()?,
-    };
-    for cert in parse_certs(&pem, "tls.ca_file")? {
-        roots.add(cert).context("tls.ca_file")?;
-    }
-    let builder = builder.with_root_certificates(roots);
+    let builder = builder.with_root_certificates(root_store(files.ca.as_deref(), "tls.ca_file")?);
     let mut cfg = match &files.identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {

@@ -11,7 +11,7 @@
 //! in-cluster CA re-read when it rotates, `insecure-skip-tls-verify`. Without
 //! a CA in the kubeconfig it trusts the system's roots through
 //! rustls-platform-verifier (rustls-native-certs on Linux, which honours
-//! `SSL_CERT_FILE` and `SSL_CERT_DIR`), as `crate::tls::system_ca` does for
+//! `SSL_CERT_FILE` and `SSL_CERT_DIR`), as `crate::tls::system_roots` does for
 //! the sinks. rustls runs on the ring provider (aws-lc would need cmake).
 
 use std::path::{Path, PathBuf};
