@@ -21,6 +21,25 @@ fn agent(dir: &Path) -> Agent {
     Agent::start_with(&["--events", "matched", "--policy-dir", &dir.display().to_string()])
 }
 
+/// Runs `workload read-fd 100 HOW` in the pod's cgroup with descriptor 100 a
+/// dup of `file`, opened by this (host) process: a descriptor opened
+/// elsewhere, inherited across fork and exec.
+fn read_inherited(pod: &FakePod, file: &std::fs::File, how: &str) -> (u32, std::process::ExitStatus) {
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    let fd = file.as_raw_fd();
+    let mut cmd = command_in(Some(&pod.cgroup), &workload().display().to_string(), &["read-fd", "100", how]);
+    // SAFETY: dup2 is async-signal-safe; the target is not close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 100) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    run(cmd)
+}
+
 /// A read rule holds for every open that can read: `O_RDWR` and
 /// `O_RDWR|O_CREAT` on an existing file read it as surely as `O_RDONLY`.
 #[test]
@@ -363,29 +382,13 @@ fn hardlinks_and_bind_mounts_meet_rules_by_identity() {
 /// before it returns.
 #[test]
 fn reads_through_inherited_descriptors_meet_file_kill_rules() {
-    use std::os::{fd::AsRawFd, unix::process::CommandExt};
     require_root!();
     let dir = policy_dir(
         "  - name: kill-shadow-readers\n    action: kill\n    file: {exact: [/etc/shadow], operations: [read]}\n",
     );
     let pod = FakePod::cgroupfs("burstable");
     let agent = agent(dir.path());
-    let wl = workload().display().to_string();
-    // Descriptor 100 of the child: a dup of one this (host) process opened.
-    let inheriting = |file: &std::fs::File, how: &str| {
-        let fd = file.as_raw_fd();
-        let mut cmd = command_in(Some(&pod.cgroup), &wl, &["read-fd", "100", how]);
-        // SAFETY: dup2 is async-signal-safe; the target is not close-on-exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 100) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        run(cmd)
-    };
+    let inheriting = |file: &std::fs::File, how: &str| read_inherited(&pod, file, how);
     let shadow = std::fs::File::open("/etc/shadow").expect("open /etc/shadow");
     for (how, syscall) in [
         ("read", "read"),
@@ -420,7 +423,6 @@ fn reads_through_inherited_descriptors_meet_file_kill_rules() {
 /// called for file reads only, and stays attached.
 #[test]
 fn the_read_guard_follows_the_rules_that_need_it() {
-    use std::os::{fd::AsRawFd, unix::process::CommandExt};
     require_root!();
     let guarded = tempfile::NamedTempFile::new().expect("tmp file");
     std::fs::write(guarded.path(), "secret\n").expect("write");
@@ -437,21 +439,7 @@ fn the_read_guard_follows_the_rules_that_need_it() {
     agent.wait_metric("podwatch_read_guard_attached", &[], idle);
     // Opened now, before any rule guards the file.
     let file = std::fs::File::open(guarded.path()).expect("open");
-    let wl = workload().display().to_string();
-    let read_inherited = || {
-        let fd = file.as_raw_fd();
-        let mut cmd = command_in(Some(&pod.cgroup), &wl, &["read-fd", "100", "pread"]);
-        // SAFETY: dup2 is async-signal-safe; the target is not close-on-exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 100) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        run(cmd).1
-    };
+    let read_inherited = || read_inherited(&pod, &file, "pread").1;
     let status = read_inherited();
     assert_eq!(status.code(), Some(10), "no rule guards the file yet: {status:?}");
     // Renamed into place: the agent sees the whole new file at once, and
@@ -482,7 +470,6 @@ fn the_read_guard_follows_the_rules_that_need_it() {
 /// that gap as it is.
 #[test]
 fn io_uring_reads_meet_file_kill_rules_where_bpf_lsm_runs() {
-    use std::os::{fd::AsRawFd, unix::process::CommandExt};
     require_root!();
     let guarded = tempfile::NamedTempFile::new().expect("tmp file");
     std::fs::write(guarded.path(), "secret\n").expect("write");
@@ -493,19 +480,7 @@ fn io_uring_reads_meet_file_kill_rules_where_bpf_lsm_runs() {
     let pod = FakePod::cgroupfs("burstable");
     let agent = agent(dir.path());
     let file = std::fs::File::open(&path).expect("open");
-    let fd = file.as_raw_fd();
-    let mut cmd =
-        command_in(Some(&pod.cgroup), &workload().display().to_string(), &["read-fd", "100", "uring"]);
-    // SAFETY: dup2 is async-signal-safe; the target is not close-on-exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 100) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let (pid, status) = run(cmd);
+    let (pid, status) = read_inherited(&pod, &file, "uring");
     let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     if !lsm.trim().split(',').any(|l| l == "bpf") {
         eprintln!(
