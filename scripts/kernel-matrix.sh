@@ -117,8 +117,10 @@ cp /usr/bin/busybox "$R/bin/busybox"
 for a in $(/usr/bin/busybox --list); do
   [ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"
 done
-# What the chosen tests exec, as on the host: bash, coreutils, python3.
-for b in /bin/bash /bin/cat /bin/cp /bin/sleep /bin/mkdir /bin/touch /usr/bin/seq /usr/bin/python3; do
+# What the chosen tests exec, as on the host: bash, coreutils, python3,
+# util-linux's setpriv, unshare and nsenter.
+for b in /bin/bash /bin/cat /bin/cp /bin/sleep /bin/mkdir /bin/touch /usr/bin/seq /usr/bin/python3 \
+  /usr/bin/setpriv /usr/bin/unshare /usr/bin/nsenter; do
   rm -f "$R$b"
   add "$b"
 done

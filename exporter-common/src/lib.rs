@@ -35,6 +35,71 @@ pub mod kind {
     pub const UDP_CONNECT: u16 = 8;
     pub const UDP_SEND: u16 = 9;
     pub const CGROUP_MKDIR: u16 = 10;
+    /// A change of credentials or namespaces (`Privilege`).
+    pub const PRIVILEGE: u16 = 11;
+}
+
+/// What a `Privilege` record (and its counter's `op`) is about.
+pub mod change {
+    /// setuid, setreuid, setresuid, setfsuid.
+    pub const SETUID: u8 = 0;
+    /// setgid, setregid, setresgid, setfsgid.
+    pub const SETGID: u8 = 1;
+    pub const CAPSET: u8 = 2;
+    pub const UNSHARE: u8 = 3;
+    pub const SETNS: u8 = 4;
+    /// An exec that changed the credentials (a setuid binary, file capabilities).
+    pub const EXEC: u8 = 5;
+    pub const COUNT: u8 = 6;
+}
+
+/// The syscalls the privilege programs are attached to, by x86_64 number
+/// (the `__syscall_nr` of their tracepoint records).
+pub mod priv_syscall {
+    pub const SETUID: u32 = 105;
+    pub const SETGID: u32 = 106;
+    pub const SETREUID: u32 = 113;
+    pub const SETREGID: u32 = 114;
+    pub const SETRESUID: u32 = 117;
+    pub const SETRESGID: u32 = 119;
+    pub const SETFSUID: u32 = 122;
+    pub const SETFSGID: u32 = 123;
+    pub const CAPSET: u32 = 126;
+    pub const UNSHARE: u32 = 272;
+    pub const SETNS: u32 = 308;
+    pub const EXECVE: u32 = 59;
+    pub const EXECVEAT: u32 = 322;
+
+    /// The change a syscall makes (`change::*`), or `None` for one that is
+    /// not a privilege syscall.
+    pub const fn change_of(nr: u32) -> Option<u8> {
+        use super::change;
+        Some(match nr {
+            SETUID | SETREUID | SETRESUID | SETFSUID => change::SETUID,
+            SETGID | SETREGID | SETRESGID | SETFSGID => change::SETGID,
+            CAPSET => change::CAPSET,
+            UNSHARE => change::UNSHARE,
+            SETNS => change::SETNS,
+            EXECVE | EXECVEAT => change::EXEC,
+            _ => return None,
+        })
+    }
+}
+
+/// Namespaces, in `Credentials::ns` order.
+pub mod ns {
+    pub const MNT: usize = 0;
+    pub const PID: usize = 1;
+    pub const NET: usize = 2;
+    pub const UTS: usize = 3;
+    pub const IPC: usize = 4;
+    pub const USER: usize = 5;
+    pub const CGROUP: usize = 6;
+    pub const COUNT: usize = 7;
+    /// Names as `/proc/PID/ns/` has them (pid: the namespace the process's
+    /// children are created in, `pid_for_children`, which is what `unshare`
+    /// and `setns` change).
+    pub const NAMES: [&str; COUNT] = ["mnt", "pid", "net", "uts", "ipc", "user", "cgroup"];
 }
 
 /// `Header::flags` bits.
@@ -123,6 +188,8 @@ pub mod counter {
     pub const LOST: u16 = 8;
     /// Records of this cgroup written to the ring buffer; `op` is the record kind.
     pub const RECORD: u16 = 9;
+    /// Credential and namespace changes; `op` is the `change::*`.
+    pub const PRIVILEGE: u16 = 10;
 }
 
 /// File operations, from open flags (`file_op`).
@@ -263,6 +330,8 @@ pub mod policy {
     pub const REFS: usize = 8;
     /// Policies per generation (bits of a cgroup's mask).
     pub const MAX_POLICIES: usize = 64;
+    /// Privilege rules per generation (`PrivilegeRule`s, scanned in order).
+    pub const MAX_PRIVILEGE_RULES: usize = 32;
 
     /// `RuleRef::ops` bits for file rules.
     pub const OP_READ: u8 = 1 << 0;
@@ -340,6 +409,32 @@ pub mod identity {
     }
 }
 
+/// A rule on credentials and namespaces. It matches a change (or an exec)
+/// when every condition it sets holds; a zero field sets none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrivilegeRule {
+    pub rule: u16,
+    /// Bit index of the policy in a cgroup's mask.
+    pub policy: u8,
+    pub action: u8,
+    /// `1 << change::*` the rule is about; 0 = every change and every exec.
+    pub changes: u8,
+    /// `1 << ns::*`: one of these namespaces changed.
+    pub ns_changed: u8,
+    /// `1 << ns::*`: one of these is, after the change, the host's (and was not before).
+    pub ns_host_entered: u8,
+    /// 1 when `uids` is set.
+    pub has_uids: u8,
+    /// The real or effective uid became one of these (it was not before):
+    /// up to four, `u32::MAX` = unused slot.
+    pub uids: [u32; 4],
+    /// Capabilities (bit = CAP_* number) of which one is in the effective set after.
+    pub caps_held: u64,
+    /// Capabilities of which one entered the effective set.
+    pub caps_gained: u64,
+}
+
 /// Path trie keys are `Key<[u8; PATH_KEY_LEN]>`: data[0] is the generation,
 /// then the path. Exact paths are stored with their NUL (`/etc/shadow\0`),
 /// prefixes without; suffix tries hold reversed paths.
@@ -367,6 +462,11 @@ pub struct PolicyConfig {
     /// Per generation, `DENY_FILES | DENY_EXECS` for the deny rules it holds:
     /// the BPF LSM hooks return at once when there is nothing to refuse.
     pub deny: [u32; 2],
+    /// Per generation, how many `PrivilegeRule`s it holds.
+    pub privilege_rules: [u32; 2],
+    /// The host's namespaces (init's, `ns::*` order), for "enters the host's".
+    pub host_ns: [u32; ns::COUNT],
+    pub _pad: u32,
 }
 
 /// `PolicyConfig::deny` bits.
@@ -414,6 +514,57 @@ pub struct Header {
     pub _pad: [u8; 5],
 }
 
+/// A process's credentials and namespaces (`struct cred` and `nsproxy`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The kernel's order: uid, gid, suid, sgid, euid, egid, fsuid, fsgid.
+    pub ids: [u32; 8],
+    /// inheritable, permitted, effective, bounding, ambient (bit = CAP_* number).
+    pub caps: [u64; 5],
+    /// Namespace inode numbers, `ns::*` order; 0 = unknown.
+    pub ns: [u32; ns::COUNT],
+    /// 1 when the fields were read (the kernel's BTF has them).
+    pub valid: u32,
+}
+
+/// `Credentials::ids` indexes.
+pub mod id {
+    pub const UID: usize = 0;
+    pub const GID: usize = 1;
+    pub const SUID: usize = 2;
+    pub const SGID: usize = 3;
+    pub const EUID: usize = 4;
+    pub const EGID: usize = 5;
+    pub const FSUID: usize = 6;
+    pub const FSGID: usize = 7;
+}
+
+/// `Credentials::caps` indexes.
+pub mod capset {
+    pub const INHERITABLE: usize = 0;
+    pub const PERMITTED: usize = 1;
+    pub const EFFECTIVE: usize = 2;
+    pub const BOUNDING: usize = 3;
+    pub const AMBIENT: usize = 4;
+}
+
+/// A privilege syscall that changed something or failed, or an exec that
+/// changed credentials: what the process had before and has after.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Privilege {
+    /// `priv_syscall::*`.
+    pub syscall: u32,
+    /// 0 or `-errno`.
+    pub ret: i32,
+    /// `change::*`.
+    pub change: u8,
+    pub _pad: [u8; 7],
+    pub before: Credentials,
+    pub after: Credentials,
+}
+
 /// Tail: filename (as the process passed it), argv block (NUL-separated),
 /// cwd components (reversed), then the executed file's resolved absolute path
 /// (`mm->exe_file`: symlinks, `..`, relative paths and `/dev/fd/N` resolved).
@@ -427,6 +578,8 @@ pub struct Exec {
     pub cwd_len: u32,
     pub exe_len: u32,
     pub _pad: u32,
+    /// The credentials and namespaces the new image runs with.
+    pub creds: Credentials,
 }
 
 #[repr(C)]
@@ -581,6 +734,19 @@ pub struct KernelOffsets {
     pub css_cgroup: u32,
     pub kernfs_node_id: u32,
     pub cgroup_root_hierarchy_id: u32,
+    /// `task_struct.real_cred`; `cred.uid` (the eight ids follow it),
+    /// `cred.cap_inheritable` (the five sets follow it), `cred.user_ns`.
+    pub task_real_cred: u32,
+    pub cred_uid: u32,
+    pub cred_caps: u32,
+    pub cred_user_ns: u32,
+    /// `task_struct.nsproxy`, then per namespace (`ns::*` order, user
+    /// unused) the `nsproxy` member, and per namespace type the offset of
+    /// its `ns_common`; `ns_common.inum`.
+    pub task_nsproxy: u32,
+    pub nsproxy_member: [u32; ns::COUNT],
+    pub ns_common_at: [u32; ns::COUNT],
+    pub ns_common_inum: u32,
 }
 
 /// `KernelOffsets::available` bits.
@@ -610,6 +776,10 @@ pub mod offsets {
     pub const IDENTITY: u32 = 1 << 9;
     /// file.f_flags, linux_binprm.file/filename: the BPF LSM hooks (deny).
     pub const LSM: u32 = 1 << 10;
+    /// cred ids and capability sets, task_struct.real_cred.
+    pub const CREDS: u32 = 1 << 11;
+    /// nsproxy, the namespaces' ns_common.inum, cred.user_ns.
+    pub const NAMESPACES: u32 = 1 << 12;
 }
 
 #[cfg(feature = "user")]
@@ -627,6 +797,8 @@ mod user {
     unsafe impl aya::Pod for PolicyConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for InodeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PrivilegeRule {}
 }
 
 /// Fixed part of a record of each kind: header + payload.
@@ -640,6 +812,7 @@ pub const fn fixed_len(kind: u16) -> usize {
             core::mem::size_of::<Net>()
         }
         kind::CGROUP_MKDIR => core::mem::size_of::<CgroupMkdir>(),
+        kind::PRIVILEGE => core::mem::size_of::<Privilege>(),
         _ => 0,
     };
     core::mem::size_of::<Header>() + payload
@@ -647,6 +820,8 @@ pub const fn fixed_len(kind: u16) -> usize {
 
 const _: () = assert!(core::mem::size_of::<Header>() == 64);
 const _: () = assert!(core::mem::size_of::<CounterKey>() == 24);
+const _: () = assert!(core::mem::size_of::<Credentials>() == 104);
+const _: () = assert!(core::mem::size_of::<PrivilegeRule>() == 40);
 const _: () = assert!(SCRATCH_SIZE <= 32768);
 const _: () = assert!(MAX_RECORD.is_power_of_two());
 

@@ -74,6 +74,14 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     css_cgroup: 0,
     kernfs_node_id: 0,
     cgroup_root_hierarchy_id: 0,
+    task_real_cred: 0,
+    cred_uid: 0,
+    cred_caps: 0,
+    cred_user_ns: 0,
+    task_nsproxy: 0,
+    nsproxy_member: [0; podwatch_common::ns::COUNT],
+    ns_common_at: [0; podwatch_common::ns::COUNT],
+    ns_common_inum: 0,
 };
 
 /// Reads one offset. Volatile so the compiler cannot fold the zero initialiser;

@@ -161,6 +161,8 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i32> {
         p.filename_len = filename_len;
         p.cwd_len = cwd_len;
         p.exe_len = exe_len;
+        // The credentials it would have run with: the caller's.
+        crate::privilege::read_creds(task, &mut p.creds, true);
         rec.emit();
     }
     Ok(-EPERM)

@@ -1,5 +1,5 @@
 //! podwatch's kernel programs. One module per hook family (process, file, net,
-//! cgroup); `record` assembles variable-length records, `kernel` reads kernel
+//! cgroup, privilege); `record` assembles variable-length records, `kernel` reads kernel
 //! structs through offsets taken from the running kernel's BTF at start-up.
 //!
 //! Every program is `match try_x(ctx) { Ok(v) | Err(v) => v }`: a failed read
@@ -17,6 +17,7 @@ mod kernel;
 mod lsm;
 mod net;
 mod policy;
+mod privilege;
 mod probe;
 mod process;
 mod record;

@@ -116,6 +116,18 @@ pub fn denying(bit: u32) -> bool {
     POLICY_CONFIG.get(0).is_some_and(|c| c.deny[(c.active & 1) as usize] & bit != 0)
 }
 
+/// How many privilege rules generation `gen` holds.
+#[inline(always)]
+pub fn privilege_rules(gen: u8) -> u32 {
+    POLICY_CONFIG.get(0).map(|c| c.privilege_rules[(gen & 1) as usize]).unwrap_or(0)
+}
+
+/// The host's namespaces (init's), as the agent found them.
+#[inline(always)]
+pub fn host_namespaces() -> [u32; podwatch_common::ns::COUNT] {
+    POLICY_CONFIG.get(0).map(|c| c.host_ns).unwrap_or([0; podwatch_common::ns::COUNT])
+}
+
 /// (generation, policy mask) for a cgroup.
 #[inline(always)]
 pub fn state(cgroup_id: u64) -> (u8, u64) {

@@ -1,4 +1,5 @@
-//! Process lifecycle: exec (binary, argv, cwd, parent), exit (code or signal),
+//! Process lifecycle: exec (binary, argv, cwd, parent, credentials and
+//! namespaces), exit (code or signal),
 //! fork (so userspace knows the tree and children inherit binary and args).
 
 use aya_ebpf::{
@@ -206,4 +207,5 @@ fn push_exec_strings(rec: &mut Record, task: u64) {
     p.args_len = args_len;
     p.cwd_len = cwd_len;
     p.exe_len = pushed;
+    crate::privilege::read_creds(task, &mut p.creds, true);
 }

@@ -160,7 +160,9 @@ impl Record {
     /// The fixed payload right after the header.
     #[inline(always)]
     pub fn payload<T>(&mut self) -> &mut T {
-        // SAFETY: every payload is < 64 bytes and lives right after the header.
+        // SAFETY: every payload lives right after the header, inside the
+        // scratch buffer; `new` zeroes its first 64 bytes, and the programs
+        // of larger payloads (Exec's and Privilege's credentials) write them whole.
         unsafe { &mut *(self.buf.add(size_of::<Header>()) as *mut T) }
     }
 

@@ -25,6 +25,7 @@ mod metrics;
 mod network;
 mod pods;
 mod policy;
+mod privileges;
 mod readiness;
 
 // Sinks (no root needed): protocol doubles, a real Kafka broker, the tests.

@@ -82,6 +82,13 @@ static int read_one(int fd) {
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     if (strcmp(argv[1], "noop") == 0) return 0;
+    /* A root process steps down to nobody and back: the effective
+       capabilities go with the effective uid and come back with it. */
+    if (strcmp(argv[1], "regain-root") == 0) {
+        if (setresuid(-1, 65534, -1) != 0) return 3;
+        if (setresuid(-1, 0, -1) != 0) return 4;
+        return 0;
+    }
     if (argc < 3) return 2;
     if (strcmp(argv[1], "uring-read") == 0) {
         int fd = uring_one(IORING_OP_OPENAT, AT_FDCWD, argv[2], 0);

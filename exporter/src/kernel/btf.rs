@@ -298,6 +298,49 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         o.tcp_bytes_sent = get("tcp_sock", "bytes_sent")?;
         Some(())
     })();
+    let creds = (|| {
+        o.task_real_cred = get("task_struct", "real_cred")?;
+        o.cred_uid = get("cred", "uid")?;
+        let fsgid = get("cred", "fsgid")?;
+        o.cred_caps = get("cred", "cap_inheritable")?;
+        let ambient = get("cred", "cap_ambient")?;
+        Some((fsgid, ambient))
+    })();
+    let namespaces = (|| {
+        use podwatch_common::ns;
+        o.cred_user_ns = get("cred", "user_ns")?;
+        o.task_nsproxy = get("task_struct", "nsproxy")?;
+        o.ns_common_inum = get("ns_common", "inum")?;
+        // (nsproxy member, the namespace's struct) in `ns::*` order; user
+        // namespaces hang off the credentials instead.
+        let kinds: [(Option<&str>, &str); ns::COUNT] = [
+            (Some("mnt_ns"), "mnt_namespace"),
+            (Some("pid_ns_for_children"), "pid_namespace"),
+            (Some("net_ns"), "net"),
+            (Some("uts_ns"), "uts_namespace"),
+            (Some("ipc_ns"), "ipc_namespace"),
+            (None, "user_namespace"),
+            (Some("cgroup_ns"), "cgroup_namespace"),
+        ];
+        for (i, (member, st)) in kinds.into_iter().enumerate() {
+            if let Some(m) = member {
+                o.nsproxy_member[i] = get("nsproxy", m)?;
+            }
+            o.ns_common_at[i] = get(st, "ns")?;
+        }
+        Some(())
+    })();
+    // The programs read the eight ids and the five capability sets in one read each.
+    let creds = creds.filter(|&(fsgid, ambient)| {
+        let adjacent = fsgid == o.cred_uid + 28 && ambient == o.cred_caps + 32;
+        if !adjacent {
+            missing.push(format!(
+                "cred ids and capability sets side by side (uid at {}, fsgid at {fsgid}, cap_inheritable at {}, cap_ambient at {ambient})",
+                o.cred_uid, o.cred_caps
+            ));
+        }
+        adjacent
+    });
     // The programs read d_parent and d_name's len and name in one go.
     let paths = paths.filter(|_| {
         let adjacent = o.dentry_name == o.dentry_parent + 8 && o.qstr_len == 4 && o.qstr_name == 8;
@@ -332,6 +375,8 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         (cgroups, offsets::CGROUPS),
         (identity, offsets::IDENTITY),
         (lsm, offsets::LSM),
+        (creds.map(|_| ()), offsets::CREDS),
+        (namespaces.filter(|_| creds.is_some()), offsets::NAMESPACES),
     ] {
         if found.is_some() {
             o.available |= bit;
@@ -415,7 +460,7 @@ mod tests {
         };
         let (o, missing) = kernel_offsets(&btf);
         assert!(missing.is_empty(), "missing offsets: {missing:?}");
-        assert_eq!(o.available, 0x7ff);
+        assert_eq!(o.available, 0x1fff);
         // `struct sock_common` starts with the address pair on every kernel since 2.6.
         assert_eq!(o.skc_daddr, 0);
         assert_eq!(o.skc_rcv_saddr, 4);

@@ -33,14 +33,7 @@ pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
 pub fn name(cap: u32) -> &'static str {
-    match cap {
-        CAP_NET_ADMIN => "CAP_NET_ADMIN",
-        CAP_SYS_PTRACE => "CAP_SYS_PTRACE",
-        CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
-        CAP_PERFMON => "CAP_PERFMON",
-        CAP_BPF => "CAP_BPF",
-        _ => "an unnamed capability",
-    }
+    crate::pipeline::names::CAPABILITIES.get(cap as usize).copied().unwrap_or("an unnamed capability")
 }
 
 /// How much a missing capability costs.

@@ -108,6 +108,34 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("lsm_bprm_check_security", Hook::Lsm("bprm_check_security")),
     ("lsm_file_permission", Hook::Lsm("file_permission")),
     ("lsm_mmap_file", Hook::Lsm("mmap_file")),
+    // Credentials and namespaces: before (entry) and after (exit) each
+    // syscall that changes them, and each exec.
+    ("sys_enter_setuid", Hook::Tracepoint("syscalls", "sys_enter_setuid")),
+    ("sys_enter_setgid", Hook::Tracepoint("syscalls", "sys_enter_setgid")),
+    ("sys_enter_setreuid", Hook::Tracepoint("syscalls", "sys_enter_setreuid")),
+    ("sys_enter_setregid", Hook::Tracepoint("syscalls", "sys_enter_setregid")),
+    ("sys_enter_setresuid", Hook::Tracepoint("syscalls", "sys_enter_setresuid")),
+    ("sys_enter_setresgid", Hook::Tracepoint("syscalls", "sys_enter_setresgid")),
+    ("sys_enter_setfsuid", Hook::Tracepoint("syscalls", "sys_enter_setfsuid")),
+    ("sys_enter_setfsgid", Hook::Tracepoint("syscalls", "sys_enter_setfsgid")),
+    ("sys_enter_capset", Hook::Tracepoint("syscalls", "sys_enter_capset")),
+    ("sys_enter_unshare", Hook::Tracepoint("syscalls", "sys_enter_unshare")),
+    ("sys_enter_setns", Hook::Tracepoint("syscalls", "sys_enter_setns")),
+    ("sys_enter_execve", Hook::Tracepoint("syscalls", "sys_enter_execve")),
+    ("sys_enter_execveat", Hook::Tracepoint("syscalls", "sys_enter_execveat")),
+    ("sys_exit_setuid", Hook::Tracepoint("syscalls", "sys_exit_setuid")),
+    ("sys_exit_setgid", Hook::Tracepoint("syscalls", "sys_exit_setgid")),
+    ("sys_exit_setreuid", Hook::Tracepoint("syscalls", "sys_exit_setreuid")),
+    ("sys_exit_setregid", Hook::Tracepoint("syscalls", "sys_exit_setregid")),
+    ("sys_exit_setresuid", Hook::Tracepoint("syscalls", "sys_exit_setresuid")),
+    ("sys_exit_setresgid", Hook::Tracepoint("syscalls", "sys_exit_setresgid")),
+    ("sys_exit_setfsuid", Hook::Tracepoint("syscalls", "sys_exit_setfsuid")),
+    ("sys_exit_setfsgid", Hook::Tracepoint("syscalls", "sys_exit_setfsgid")),
+    ("sys_exit_capset", Hook::Tracepoint("syscalls", "sys_exit_capset")),
+    ("sys_exit_unshare", Hook::Tracepoint("syscalls", "sys_exit_unshare")),
+    ("sys_exit_setns", Hook::Tracepoint("syscalls", "sys_exit_setns")),
+    ("sys_exit_execve", Hook::Tracepoint("syscalls", "sys_exit_execve")),
+    ("sys_exit_execveat", Hook::Tracepoint("syscalls", "sys_exit_execveat")),
 ];
 
 /// Every program the agent reports on, by name: the open pipeline's
@@ -127,7 +155,9 @@ fn program_of(attachment: &str) -> &str {
         | "sys_exit_openat2"
         | "sys_exit_creat"
         | "sys_exit_open_by_handle_at" => "sys_exit_open_family",
-        a if a.starts_with("sys_enter_") => "sys_enter_read_family",
+        a if read_guard::TRACEPOINTS.contains(&a) => read_guard::TRACEPOINT_PROGRAM,
+        a if a.starts_with("sys_enter_") => "sys_enter_privilege",
+        a if a.starts_with("sys_exit_") && !a.starts_with("sys_exit_accept") => "sys_exit_privilege",
         a => a,
     }
 }
@@ -144,6 +174,7 @@ pub fn sensor_of(program: &str) -> &'static str {
         "inet_sock_set_state" | "sys_exit_accept" | "sys_exit_accept4" => "tcp",
         "connect4" | "connect6" => "connect",
         "sendmsg4" | "sendmsg6" => "udp",
+        p if matches!(program_of(p), "sys_enter_privilege" | "sys_exit_privilege") => "privileges",
         p if p.contains("open") || p.contains("creat") => "file",
         _ => "other",
     }
@@ -240,7 +271,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Loaded> {
     } else {
         // The LSM hooks guard reads there: called for file reads only (not
         // for every syscall of every task), and they see io_uring's too.
-        for (p, _) in PROGRAMS.iter().filter(|(p, _)| p.starts_with("sys_enter_")) {
+        for p in read_guard::TRACEPOINTS {
             unavailable.push((p, "BPF LSM's file_permission and mmap_file guard reads on this kernel"));
         }
     }
@@ -300,6 +331,7 @@ impl Loaded {
             addrs: take("NET_ADDRS")?.try_into()?,
             identities: take("IDENTITIES")?.try_into()?,
             identity_filter: take("IDENTITY_FILTER")?.try_into()?,
+            privilege_rules: take("PRIV_RULES")?.try_into()?,
         })
     }
 

@@ -29,14 +29,27 @@ pub const TRACEPOINT_PROGRAM: &str = "sys_enter_read_family";
 /// The BPF LSM guard's programs, used instead where the kernel runs BPF LSM.
 pub const LSM_PROGRAMS: [&str; 2] = ["lsm_file_permission", "lsm_mmap_file"];
 
+/// The read-family syscalls whose entry the tracepoint guard is attached to.
+pub const TRACEPOINTS: [&str; 9] = [
+    "sys_enter_read",
+    "sys_enter_readv",
+    "sys_enter_pread64",
+    "sys_enter_preadv",
+    "sys_enter_preadv2",
+    "sys_enter_sendfile64",
+    "sys_enter_splice",
+    "sys_enter_copy_file_range",
+    "sys_enter_mmap",
+];
+
 /// Whether an attachment (by its name in the loader) belongs to the guard.
 pub fn is_guard(attachment: &str) -> bool {
-    attachment.starts_with("sys_enter_") || LSM_PROGRAMS.contains(&attachment)
+    TRACEPOINTS.contains(&attachment) || LSM_PROGRAMS.contains(&attachment)
 }
 
 /// Whether an attachment is made only while a rule needs it.
 pub fn on_demand(attachment: &str) -> bool {
-    attachment.starts_with("sys_enter_")
+    TRACEPOINTS.contains(&attachment)
 }
 
 /// One tracepoint the guard attaches to, and its link while attached.

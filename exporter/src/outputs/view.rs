@@ -167,6 +167,34 @@ fn compact_line(ev: &Event) -> String {
             let result = if f.result == "ok" { String::new() } else { format!(" ⛔ {}", f.result) };
             format!("{icon} {word} {who} {bin} {}{result}", f.path)
         }
+        Kind::Privilege => {
+            let bin = ev.process.binary.clone().unwrap_or_else(|| format!("[{}]", ev.process.comm));
+            let Some(p) = &ev.privilege else {
+                return format!("🔑 privilege {who} {bin}");
+            };
+            let mut what = Vec::new();
+            let (b, a) = (&p.before, &p.after);
+            if (b.uid, b.euid) != (a.uid, a.euid) {
+                what.push(format!("uid {}/{} -> {}/{}", b.uid, b.euid, a.uid, a.euid));
+            }
+            if (b.gid, b.egid) != (a.gid, a.egid) {
+                what.push(format!("gid {}/{} -> {}/{}", b.gid, b.egid, a.gid, a.egid));
+            }
+            if !p.capabilities_gained.is_empty() {
+                what.push(format!("+{}", p.capabilities_gained.join(",")));
+            }
+            if !p.capabilities_lost.is_empty() {
+                what.push(format!("-{} caps", p.capabilities_lost.len()));
+            }
+            if !p.namespaces_changed.is_empty() {
+                what.push(format!("new {} ns", p.namespaces_changed.join(",")));
+            }
+            if !p.host_namespaces_entered.is_empty() {
+                what.push(format!("entered host {} ns", p.host_namespaces_entered.join(",")));
+            }
+            let result = if p.result == "ok" { String::new() } else { format!(" ⛔ {}", p.result) };
+            format!("🔑 {:<7} {who} {bin} {}{result}", p.syscall, what.join(" "))
+        }
         Kind::Connect | Kind::Accept | Kind::Close | Kind::Send => {
             let bin = ev.process.binary.clone().unwrap_or_else(|| format!("[{}]", ev.process.comm));
             let Some(n) = &ev.network else {
@@ -217,6 +245,7 @@ mod tests {
                 args_truncated: false,
                 cwd: Some("/".into()),
                 parent: None,
+                credentials: None,
             },
             pod: Some(Pod {
                 uid: "6b1f0a52-2c3d".into(),
@@ -229,6 +258,7 @@ mod tests {
             file: None,
             network: None,
             exit: Some(ExitStatus { code: Some(0), signal: None, core_dumped: false }),
+            privilege: None,
             policy: None,
             rule: None,
             action: None,

@@ -4,7 +4,9 @@
 
 use std::mem::size_of;
 
-use podwatch_common::{fixed_len, kind, CgroupMkdir, Exec, Exit, FileOpen, Fork, Header, Net};
+use podwatch_common::{
+    fixed_len, kind, CgroupMkdir, Credentials, Exec, Exit, FileOpen, Fork, Header, Net, Privilege,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -39,7 +41,10 @@ pub enum Payload {
         cwd: Option<Vec<u8>>,
         /// The executed file's resolved path (absent when the kernel could not resolve it).
         executable: Option<Vec<u8>>,
+        /// What the new image runs with (absent when the kernel's BTF lacks the fields).
+        creds: Option<Credentials>,
     },
+    Privilege(Privilege),
     Exit {
         exit_code: u32,
     },
@@ -151,7 +156,8 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             }
             let cwd = (!cwd_raw.is_empty()).then(|| path_from_components(cwd_raw));
             let executable = (!exe_raw.is_empty()).then(|| exe_raw.to_vec());
-            Payload::Exec { ppid: e.ppid, filename, args, cwd, executable }
+            let creds = (e.creds.valid != 0).then_some(e.creds);
+            Payload::Exec { ppid: e.ppid, filename, args, cwd, executable, creds }
         }
         kind::EXIT => {
             let e: Exit = read_pod(body, p).ok_or(DecodeError::Short)?;
@@ -183,6 +189,7 @@ pub fn decode(buf: &[u8]) -> Result<Record, DecodeError> {
             let net: Net = read_pod(body, p).ok_or(DecodeError::Short)?;
             Payload::Net { kind: header.kind, net }
         }
+        kind::PRIVILEGE => Payload::Privilege(read_pod(body, p).ok_or(DecodeError::Short)?),
         kind::CGROUP_MKDIR => {
             let c: CgroupMkdir = read_pod(body, p).ok_or(DecodeError::Short)?;
             Payload::CgroupMkdir { id: c.id, path: cstr(tail.take(c.path_len)?) }
@@ -227,6 +234,7 @@ mod tests {
             cwd_len: cwd.len() as u32,
             exe_len: exe.len() as u32,
             _pad: 0,
+            creds: Default::default(),
         };
         let mut tail = filename.to_vec();
         tail.extend_from_slice(args);
@@ -239,7 +247,7 @@ mod tests {
     fn decodes_exec_with_args_and_reversed_cwd() {
         let r = decode(&exec_record(b"cat\0/etc/passwd\0", b"shadow\0etc\0/\0")).expect("decode");
         match r.payload {
-            Payload::Exec { ppid, filename, args, cwd, executable } => {
+            Payload::Exec { ppid, filename, args, cwd, executable, .. } => {
                 assert_eq!(ppid, 1);
                 assert_eq!(filename, b"/usr/bin/cat");
                 assert_eq!(args, vec![b"cat".to_vec(), b"/etc/passwd".to_vec()]);

@@ -9,16 +9,18 @@ use std::{
 
 use std::sync::{Arc, Mutex};
 
-use podwatch_common::{file_op, flags, kind, open_syscall, path_hash, Header, Net, AF_INET6, IPPROTO_UDP};
+use podwatch_common::{
+    capset, file_op, flags, id, kind, ns, open_syscall, path_hash, Header, Net, AF_INET6, IPPROTO_UDP,
+};
 
 use crate::{
     pipeline::{
         decode::{Payload, Record},
         event::{
-            errno_name, exit_status, lossless_string, Cgroup, Container, Endpoint, Event, File, Kind,
-            Network, Parent, Pod, Process,
+            errno_name, exit_status, lossless_string, Cgroup, Container, Credentials, Endpoint, Event, File,
+            Kind, Network, Parent, Pod, PrivilegeChange, Process,
         },
-        names::{file_op_name, BinaryNames},
+        names::{capability_names, change_name, file_op_name, privilege_syscall_name, BinaryNames},
         proc_cache::{ProcessCache, ProcessInfo},
     },
     pods::{
@@ -92,6 +94,7 @@ impl Enricher {
             args_truncated: info.args_truncated,
             cwd: info.cwd,
             parent,
+            credentials: None,
         }
     }
 
@@ -129,6 +132,7 @@ impl Enricher {
             file: None,
             network: None,
             exit: None,
+            privilege: None,
             policy: None,
             rule: None,
             action: None,
@@ -166,7 +170,12 @@ impl Enricher {
                 }
                 None
             }
-            Payload::Exec { filename, cwd, executable, .. } if h.flags & flags::EXEC_DENIED != 0 => {
+            Payload::Privilege(p) => {
+                let mut ev = self.base(&h, Kind::Privilege);
+                ev.privilege = Some(privilege_change(&p));
+                Some(ev)
+            }
+            Payload::Exec { filename, cwd, executable, creds, .. } if h.flags & flags::EXEC_DENIED != 0 => {
                 // Refused by a deny rule: the process keeps its image, so the
                 // cache is left alone; the event describes the attempt.
                 let cwd = cwd.map(|c| lossless_string(&c));
@@ -178,9 +187,10 @@ impl Enricher {
                 ev.process.binary = Some(binary);
                 ev.process.executable = executable.map(|e| lossless_string(&e));
                 ev.process.args = Vec::new();
+                ev.process.credentials = creds.map(|c| credentials(&c));
                 Some(ev)
             }
-            Payload::Exec { ppid, filename, args, cwd, executable } => {
+            Payload::Exec { ppid, filename, args, cwd, executable, creds } => {
                 let cwd = cwd.map(|c| lossless_string(&c));
                 let mut binary = lossless_string(&filename);
                 self.binaries.learn(path_hash(&filename), &binary);
@@ -204,7 +214,9 @@ impl Enricher {
                         cwd,
                     },
                 );
-                Some(self.base(&h, Kind::Exec))
+                let mut ev = self.base(&h, Kind::Exec);
+                ev.process.credentials = creds.map(|c| credentials(&c));
+                Some(ev)
             }
             Payload::Exit { exit_code } => {
                 let mut ev = self.base(&h, Kind::Exit);
@@ -274,6 +286,57 @@ impl Enricher {
                 Some(ev)
             }
         }
+    }
+}
+
+/// Kernel credentials → the event's shape: names for capabilities, the
+/// namespaces by type and which of them are the host's.
+pub fn credentials(c: &podwatch_common::Credentials) -> Credentials {
+    let host = crate::kernel::namespaces::host();
+    let known = c.ns.iter().any(|&n| n != 0);
+    Credentials {
+        uid: c.ids[id::UID],
+        euid: c.ids[id::EUID],
+        suid: c.ids[id::SUID],
+        fsuid: c.ids[id::FSUID],
+        gid: c.ids[id::GID],
+        egid: c.ids[id::EGID],
+        sgid: c.ids[id::SGID],
+        fsgid: c.ids[id::FSGID],
+        capabilities_effective: capability_names(c.caps[capset::EFFECTIVE]),
+        capabilities_permitted: capability_names(c.caps[capset::PERMITTED]),
+        capabilities_inheritable: capability_names(c.caps[capset::INHERITABLE]),
+        capabilities_ambient: capability_names(c.caps[capset::AMBIENT]),
+        namespaces: known.then(|| ns::NAMES.iter().zip(c.ns).map(|(n, i)| ((*n).to_owned(), i)).collect()),
+        host_namespaces: ns::NAMES
+            .iter()
+            .zip(c.ns.iter().zip(host))
+            .filter(|(_, (&n, h))| n != 0 && n == *h)
+            .map(|(n, _)| (*n).to_owned())
+            .collect(),
+    }
+}
+
+fn privilege_change(p: &podwatch_common::Privilege) -> PrivilegeChange {
+    let host = crate::kernel::namespaces::host();
+    let (b, a) = (&p.before, &p.after);
+    let (eb, ea) = (b.caps[capset::EFFECTIVE], a.caps[capset::EFFECTIVE]);
+    let changed: Vec<usize> = (0..ns::COUNT).filter(|&i| b.ns[i] != a.ns[i]).collect();
+    PrivilegeChange {
+        change: change_name(p.change).to_owned(),
+        syscall: privilege_syscall_name(p.syscall).to_owned(),
+        result: if p.ret >= 0 { "ok".to_owned() } else { errno_name(errno_of(p.ret)) },
+        errno: (p.ret < 0).then_some(errno_of(p.ret)),
+        before: credentials(b),
+        after: credentials(a),
+        capabilities_gained: capability_names(ea & !eb),
+        capabilities_lost: capability_names(eb & !ea),
+        namespaces_changed: changed.iter().map(|&i| ns::NAMES[i].to_owned()).collect(),
+        host_namespaces_entered: changed
+            .iter()
+            .filter(|&&i| a.ns[i] != 0 && a.ns[i] == host[i])
+            .map(|&i| ns::NAMES[i].to_owned())
+            .collect(),
     }
 }
 

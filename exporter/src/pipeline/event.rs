@@ -15,11 +15,22 @@ pub enum Kind {
     Close,
     /// A UDP datagram sent to an explicit destination (sendto/sendmsg), e.g. DNS.
     Send,
+    /// A change of credentials or namespaces (setuid, capset, unshare, setns,
+    /// an exec of a setuid binary).
+    Privilege,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] =
-        [Kind::Exec, Kind::Exit, Kind::File, Kind::Connect, Kind::Accept, Kind::Close, Kind::Send];
+    pub const ALL: [Kind; 8] = [
+        Kind::Exec,
+        Kind::Exit,
+        Kind::File,
+        Kind::Connect,
+        Kind::Accept,
+        Kind::Close,
+        Kind::Send,
+        Kind::Privilege,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -30,6 +41,7 @@ impl Kind {
             Kind::Accept => "accept",
             Kind::Close => "close",
             Kind::Send => "send",
+            Kind::Privilege => "privilege",
         }
     }
 
@@ -55,6 +67,8 @@ pub struct Event {
     pub network: Option<Network>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privilege: Option<PrivilegeChange>,
     /// The policy whose rule matched, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
@@ -99,6 +113,60 @@ pub struct Process {
     pub cwd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Parent>,
+    /// Exec events: what the new image runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+}
+
+/// Ids, capabilities (names) and namespaces (inode numbers) of a process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub uid: u32,
+    pub euid: u32,
+    pub suid: u32,
+    pub fsuid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub sgid: u32,
+    pub fsgid: u32,
+    pub capabilities_effective: Vec<String>,
+    pub capabilities_permitted: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities_inheritable: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities_ambient: Vec<String>,
+    /// mnt, pid (children's), net, uts, ipc, user, cgroup → inode number
+    /// (as `/proc/PID/ns/*` links show them). Absent for exec changes,
+    /// which cannot change namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<std::collections::BTreeMap<String, u32>>,
+    /// Which of them are the host's (init's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_namespaces: Vec<String>,
+}
+
+/// A change of credentials or namespaces: before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivilegeChange {
+    /// setuid | setgid | capset | unshare | setns | exec
+    pub change: String,
+    /// The syscall (setresuid, capset, unshare, setns, execve...).
+    pub syscall: String,
+    /// "ok" or the errno name (EPERM...).
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    pub before: Credentials,
+    pub after: Credentials,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities_gained: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities_lost: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces_changed: Vec<String>,
+    /// Namespaces that are the host's after the change and were not before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_namespaces_entered: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,12 +10,13 @@ use std::{collections::BTreeMap, net::IpAddr};
 use podwatch_common::{
     identity,
     policy::{
-        NET_EGRESS, NET_INGRESS, NET_TCP, NET_UDP, OP_CREATE, OP_OPEN, OP_READ, OP_TRUNCATE, OP_WRITE, REFS,
+        MAX_PRIVILEGE_RULES, NET_EGRESS, NET_INGRESS, NET_TCP, NET_UDP, OP_CREATE, OP_OPEN, OP_READ,
+        OP_TRUNCATE, OP_WRITE, REFS,
     },
-    MatchSet, RuleRef,
+    MatchSet, PrivilegeRule, RuleRef,
 };
 
-use super::{Action, Cidr, Direction, FileOperation, Matcher, PathMatch, Policy, Protocol};
+use super::{Action, Cidr, Direction, FileOperation, Matcher, PathMatch, Policy, PrivilegeMatch, Protocol};
 
 /// A trie key without its generation byte: `bits` significant bits of `data`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,6 +69,8 @@ pub struct Compiled {
     /// Files and directories rules name, to be matched by identity as well
     /// (the engine stats them: compiling touches no file system).
     pub identities: Vec<IdentityWant>,
+    /// Privilege rules, scanned in order by the kernel.
+    pub privileges: Vec<PrivilegeRule>,
 }
 
 /// A path whose device and inode a rule also matches by.
@@ -211,12 +214,14 @@ pub fn compile(policies: &[Policy], first_rule_id: u16) -> Result<Compiled, Stri
     let mut v6 = Table::default();
     let mut rules = Vec::new();
     let mut identities = Vec::new();
+    let mut privileges = Vec::new();
     let mut id = first_rule_id.max(1);
     for (bit, p) in policies.iter().enumerate() {
         for rule in &p.rules {
             let base =
                 RuleRef { rule: id, port: 0, policy: bit as u8, action: rule.action.code(), ops: 0, _pad: 0 };
             match &rule.matcher {
+                Matcher::Privileges(m) => privileges.push(privilege_rule(m, base)),
                 Matcher::Exec(e) => {
                     add_paths(&mut exec.0, &mut exec.1, &e.binary, base);
                     add_identities(&mut identities, &e.binary, base, true);
@@ -270,6 +275,12 @@ pub fn compile(policies: &[Policy], first_rule_id: u16) -> Result<Compiled, Stri
             id = id.checked_add(1).unwrap_or(1);
         }
     }
+    if privileges.len() > MAX_PRIVILEGE_RULES {
+        return Err(format!(
+            "{} privilege rules; the kernel holds at most {MAX_PRIVILEGE_RULES} per policy set",
+            privileges.len()
+        ));
+    }
     let mut addrs: Vec<(bool, Prefix, MatchSet)> =
         v4.close("address")?.into_iter().map(|(p, s)| (false, p, s)).collect();
     addrs.extend(v6.close("address")?.into_iter().map(|(p, s)| (true, p, s)));
@@ -281,7 +292,30 @@ pub fn compile(policies: &[Policy], first_rule_id: u16) -> Result<Compiled, Stri
         addrs,
         rules,
         identities,
+        privileges,
     })
+}
+
+/// A privilege rule as the kernel scans it: sets as bitmasks.
+fn privilege_rule(m: &PrivilegeMatch, base: RuleRef) -> PrivilegeRule {
+    let caps = |list: &[super::Capability]| list.iter().fold(0u64, |acc, c| acc | 1u64 << (c.0 & 63));
+    let nss = |list: &[super::Namespace]| list.iter().fold(0u8, |acc, n| acc | 1 << n.index());
+    let mut uids = [u32::MAX; 4];
+    for (slot, u) in uids.iter_mut().zip(&m.uid_becomes) {
+        *slot = *u;
+    }
+    PrivilegeRule {
+        rule: base.rule,
+        policy: base.policy,
+        action: base.action,
+        changes: m.changes.iter().fold(0u8, |acc, c| acc | 1 << c.code()),
+        ns_changed: nss(&m.namespaces_changed),
+        ns_host_entered: nss(&m.host_namespaces_entered),
+        has_uids: (!m.uid_becomes.is_empty()) as u8,
+        uids,
+        caps_held: caps(&m.capabilities_held),
+        caps_gained: caps(&m.capabilities_gained),
+    }
 }
 
 /// What the kernel will decide for a path, by walking the entries the way its

@@ -58,6 +58,36 @@ const EXEC_DENY: &[&str] = &["lsm_bprm_check_security", "sched_process_exec"];
 const TCP_EGRESS: &[&str] = &["connect4", "connect6"];
 const EGRESS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
 const INGRESS: &[&str] = &["sys_exit_accept", "sys_exit_accept4"];
+/// Privilege rules are judged at the exit of each syscall that changes
+/// credentials or namespaces, against what its entry saw.
+const PRIVILEGES: &[&str] = &[
+    "sys_enter_setuid",
+    "sys_enter_setgid",
+    "sys_enter_setreuid",
+    "sys_enter_setregid",
+    "sys_enter_setresuid",
+    "sys_enter_setresgid",
+    "sys_enter_setfsuid",
+    "sys_enter_setfsgid",
+    "sys_enter_capset",
+    "sys_enter_unshare",
+    "sys_enter_setns",
+    "sys_enter_execve",
+    "sys_enter_execveat",
+    "sys_exit_setuid",
+    "sys_exit_setgid",
+    "sys_exit_setreuid",
+    "sys_exit_setregid",
+    "sys_exit_setresuid",
+    "sys_exit_setresgid",
+    "sys_exit_setfsuid",
+    "sys_exit_setfsgid",
+    "sys_exit_capset",
+    "sys_exit_unshare",
+    "sys_exit_setns",
+    "sys_exit_execve",
+    "sys_exit_execveat",
+];
 
 /// The programs a rule is judged in: one set of them, or another that does
 /// the same on other kernels.
@@ -68,6 +98,7 @@ pub fn required(r: &Rule) -> &'static [&'static [&'static str]] {
         Matcher::File(_) if r.action == Action::Kill => &[FILE_KILL_LSM, FILE_KILL_TRACEPOINTS],
         Matcher::File(_) if r.action == Action::Deny => &[FILE_DENY],
         Matcher::File(_) => &[FILE],
+        Matcher::Privileges(_) => &[PRIVILEGES],
         Matcher::Network(n) => match (n.direction, n.protocol) {
             (Direction::Ingress, _) => &[INGRESS],
             (Direction::Egress, Protocol::Tcp) => &[TCP_EGRESS],

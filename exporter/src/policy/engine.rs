@@ -24,7 +24,10 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData};
-use podwatch_common::{identity, InodeKey, MatchSet, PolicyConfig, ADDR_KEY_LEN, PATH_KEY_LEN};
+use podwatch_common::{
+    identity, policy::MAX_PRIVILEGE_RULES, InodeKey, MatchSet, PolicyConfig, PrivilegeRule, ADDR_KEY_LEN,
+    PATH_KEY_LEN,
+};
 
 use super::{
     compile::{compile, Compiled, IdentityWant, Prefix, RuleInfo},
@@ -53,6 +56,8 @@ pub struct PolicyMaps {
     pub identities: BpfHashMap<MapData, InodeKey, MatchSet>,
     /// One bit per hashed inode number in `identities` (either generation).
     pub identity_filter: Array<MapData, u64>,
+    /// Privilege rules, `MAX_PRIVILEGE_RULES` slots per generation.
+    pub privilege_rules: Array<MapData, PrivilegeRule>,
 }
 
 /// The identity entries of one generation: (role, dev, ino) → rules, as the
@@ -97,7 +102,7 @@ fn deny_bits(policies: &[Policy]) -> u32 {
         bits | match r.matcher {
             Matcher::File(_) => podwatch_common::DENY_FILES,
             Matcher::Exec(_) => podwatch_common::DENY_EXECS,
-            Matcher::Network(_) => 0,
+            Matcher::Network(_) | Matcher::Privileges(_) => 0,
         }
     })
 }
@@ -357,6 +362,10 @@ impl PolicyEngine {
             entry[next as usize] = mask;
             self.maps.cgroups[next as usize].insert(id, mask, 0).context("writing a cgroup's policy mask")?;
         }
+        for (i, r) in compiled.privileges.iter().enumerate() {
+            let slot = (next as usize * MAX_PRIVILEGE_RULES + i) as u32;
+            self.maps.privilege_rules.set(slot, r, 0).context("writing a privilege rule to the kernel")?;
+        }
         let ids = resolve_identities(&compiled.identities);
         self.write_identities(next, ids)?;
         // The guard is in place before a set that needs it takes effect.
@@ -370,6 +379,8 @@ impl PolicyEngine {
         cfg.identity[next as usize] = identity_bits(&self.identities[next as usize]);
         cfg.guard_reads[next as usize] = guards_reads(&self.identities[next as usize]);
         cfg.deny[next as usize] = deny_bits(&policies);
+        cfg.privilege_rules[next as usize] = compiled.privileges.len() as u32;
+        cfg.host_ns = crate::kernel::namespaces::host();
         cfg.active = next as u32;
         cfg.filter = self.filter as u32;
         self.names.extend(&compiled.rules);

@@ -1,5 +1,6 @@
 //! Policies: Kubernetes-style YAML documents that say which pods they apply to
-//! and which execs, file opens and connections to count, log, kill or deny.
+//! and which execs, file opens, connections and privilege changes to count,
+//! log, kill or deny.
 //!
 //! ```yaml
 //! apiVersion: podwatch.dev/v1alpha1
@@ -11,6 +12,9 @@
 //!   - name: read-shadow
 //!     action: kill                      # count | log | kill | deny
 //!     file: {exact: [/etc/shadow], operations: [read]}
+//!   - name: joins-host-network
+//!     action: kill
+//!     privileges: {hostNamespacesEntered: [net]}   # or capabilitiesGained, uidBecomes...
 //! ```
 //!
 //! Validation happens while deserializing (`try_from`), so every error carries
@@ -236,6 +240,133 @@ pub struct NetworkMatch {
     pub direction: Direction,
 }
 
+/// What a privilege change is (`change::*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// setuid, setreuid, setresuid, setfsuid.
+    Setuid,
+    /// setgid, setregid, setresgid, setfsgid.
+    Setgid,
+    Capset,
+    Unshare,
+    Setns,
+    /// An exec that changed the credentials (every exec, for `capabilitiesHeld`).
+    Exec,
+}
+
+impl Change {
+    pub fn code(self) -> u8 {
+        use podwatch_common::change;
+        match self {
+            Change::Setuid => change::SETUID,
+            Change::Setgid => change::SETGID,
+            Change::Capset => change::CAPSET,
+            Change::Unshare => change::UNSHARE,
+            Change::Setns => change::SETNS,
+            Change::Exec => change::EXEC,
+        }
+    }
+}
+
+/// A namespace type, as `/proc/PID/ns/` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Namespace {
+    Mnt,
+    Pid,
+    Net,
+    Uts,
+    Ipc,
+    User,
+    Cgroup,
+}
+
+impl Namespace {
+    /// Its index in `ns::*` order.
+    pub fn index(self) -> usize {
+        use podwatch_common::ns;
+        match self {
+            Namespace::Mnt => ns::MNT,
+            Namespace::Pid => ns::PID,
+            Namespace::Net => ns::NET,
+            Namespace::Uts => ns::UTS,
+            Namespace::Ipc => ns::IPC,
+            Namespace::User => ns::USER,
+            Namespace::Cgroup => ns::CGROUP,
+        }
+    }
+}
+
+/// A capability by name (`CAP_SYS_ADMIN`, or `sys_admin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Capability(pub u32);
+
+impl TryFrom<String> for Capability {
+    type Error = String;
+    fn try_from(s: String) -> Result<Capability, String> {
+        crate::pipeline::names::capability_number(&s)
+            .map(Capability)
+            .ok_or_else(|| format!("{s:?} is not a Linux capability (CAP_SYS_ADMIN, CAP_NET_ADMIN, ...)"))
+    }
+}
+
+/// Most uids one rule names (`PrivilegeRule::uids`).
+pub const MAX_RULE_UIDS: usize = 4;
+
+/// Credentials and namespaces: a rule matches a change when every condition
+/// it gives holds. A call that changed nothing (an ordinary exec, setuid to
+/// the uid it has) meets only rules with `capabilitiesHeld`; a failed call
+/// meets rules that name only `changes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrivilegeMatch {
+    /// Which changes; empty: all of them.
+    #[serde(default)]
+    pub changes: Vec<Change>,
+    /// After the change the effective set holds one of these (an exec of a
+    /// process that runs with it counts).
+    #[serde(default)]
+    pub capabilities_held: Vec<Capability>,
+    /// One of these entered the effective set.
+    #[serde(default)]
+    pub capabilities_gained: Vec<Capability>,
+    /// The real or effective uid became one of these.
+    #[serde(default)]
+    pub uid_becomes: Vec<u32>,
+    /// One of these namespaces changed (unshare, setns).
+    #[serde(default)]
+    pub namespaces_changed: Vec<Namespace>,
+    /// One of these is, after the change, the host's namespace.
+    #[serde(default)]
+    pub host_namespaces_entered: Vec<Namespace>,
+}
+
+impl PrivilegeMatch {
+    fn check(&self, what: &str) -> Result<(), String> {
+        if self.capabilities_held.is_empty()
+            && self.capabilities_gained.is_empty()
+            && self.uid_becomes.is_empty()
+            && self.namespaces_changed.is_empty()
+            && self.host_namespaces_entered.is_empty()
+            && self.changes.is_empty()
+        {
+            return Err(format!(
+                "{what}: give at least one of changes, capabilitiesHeld, capabilitiesGained, uidBecomes, \
+                 namespacesChanged, hostNamespacesEntered"
+            ));
+        }
+        if self.uid_becomes.len() > MAX_RULE_UIDS {
+            return Err(format!("{what}.uidBecomes: at most {MAX_RULE_UIDS} uids per rule"));
+        }
+        if self.uid_becomes.contains(&u32::MAX) {
+            return Err(format!("{what}.uidBecomes: 4294967295 is not a uid (it is -1, \"unchanged\")"));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
@@ -247,6 +378,8 @@ struct RawRule {
     file: Option<FileMatch>,
     #[serde(default)]
     network: Option<NetworkMatch>,
+    #[serde(default)]
+    privileges: Option<PrivilegeMatch>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +387,7 @@ pub enum Matcher {
     Exec(ExecMatch),
     File(FileMatch),
     Network(NetworkMatch),
+    Privileges(PrivilegeMatch),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -271,16 +405,20 @@ impl TryFrom<RawRule> for Rule {
         if r.name.trim().is_empty() {
             return Err("rule: name must not be empty".into());
         }
-        let matcher = match (r.exec, r.file, r.network) {
-            (Some(e), None, None) => {
+        let matcher = match (r.exec, r.file, r.network, r.privileges) {
+            (Some(e), None, None, None) => {
                 e.binary.check(&format!("{at}: exec"))?;
                 Matcher::Exec(e)
             }
-            (None, Some(f), None) => {
+            (None, Some(f), None, None) => {
                 f.path.check(&format!("{at}: file"))?;
                 Matcher::File(f)
             }
-            (None, None, Some(n)) => {
+            (None, None, None, Some(p)) => {
+                p.check(&format!("{at}: privileges"))?;
+                Matcher::Privileges(p)
+            }
+            (None, None, Some(n), None) => {
                 if n.ports.contains(&0) {
                     return Err(format!("{at}: network.ports: 0 is not a port"));
                 }
@@ -289,8 +427,10 @@ impl TryFrom<RawRule> for Rule {
                 }
                 Matcher::Network(n)
             }
-            (None, None, None) => return Err(format!("{at}: give one of exec, file, network")),
-            _ => return Err(format!("{at}: give only one of exec, file, network per rule")),
+            (None, None, None, None) => {
+                return Err(format!("{at}: give one of exec, file, network, privileges"))
+            }
+            _ => return Err(format!("{at}: give only one of exec, file, network, privileges per rule")),
         };
         let caps = CAPS.with(|c| c.get());
         match (&matcher, r.action) {
@@ -304,6 +444,12 @@ impl TryFrom<RawRule> for Rule {
                 return Err(format!(
                     "{at}: action kill is not available for network rules ({:?}); use deny, which refuses the connection",
                     n.direction
+                ))
+            }
+            (Matcher::Privileges(_), Action::Deny) => {
+                return Err(format!(
+                    "{at}: action deny is not available for privilege rules; use kill: the process dies as the \
+                     syscall returns, before it runs one more instruction with what it gained"
                 ))
             }
             (Matcher::Network(n), Action::Deny) if n.direction == Direction::Ingress => {

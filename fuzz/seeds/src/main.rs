@@ -55,6 +55,7 @@ fn exec(tgid: u32, filename: &[u8], args: &[u8], cwd: &[u8]) -> Vec<u8> {
         cwd_len: cwd.len() as u32,
         exe_len: 0,
         _pad: 0,
+        creds: Default::default(),
     };
     let mut tail = filename.to_vec();
     tail.extend_from_slice(args);

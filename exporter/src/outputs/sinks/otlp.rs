@@ -234,6 +234,7 @@ pub fn event_name(kind: Kind) -> &'static str {
         Kind::Accept => "podwatch.accept",
         Kind::Close => "podwatch.close",
         Kind::Send => "podwatch.send",
+        Kind::Privilege => "podwatch.privilege",
     }
 }
 

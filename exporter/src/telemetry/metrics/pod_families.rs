@@ -1,4 +1,4 @@
-//! The per-pod families (exec, exits, file access, connections, bytes,
+//! The per-pod families (exec, exits, file access, connections, bytes, privilege changes,
 //! enforcement, ring-buffer records and losses, rule matches), aggregated
 //! from the kernel's counter entries.
 
@@ -11,7 +11,9 @@ use super::{
     labels::{Labels, PodLabels},
     Metrics,
 };
-use crate::pipeline::names::{action_name, direction, file_op_name, protocol, record_kind_name, result};
+use crate::pipeline::names::{
+    action_name, change_name, direction, file_op_name, protocol, record_kind_name, result,
+};
 
 /// A per-pod family: name (without `_total`/unit suffix), help, unit.
 pub(super) struct Family {
@@ -57,6 +59,12 @@ impl Metrics {
             "podwatch_network_received",
             "TCP payload bytes received, counted when connections close.",
             Some(Unit::Bytes),
+        );
+        let mut privileges = Family::new(
+            "podwatch_privilege_changes",
+            "Credential and namespace changes per pod (setuid/setgid families, capset, unshare, setns, \
+             execs that changed credentials), and failed attempts.",
+            None,
         );
         let mut enforced =
             Family::new("podwatch_enforcement_actions", "Acts stopped by a policy (kill or deny).", None);
@@ -138,6 +146,12 @@ impl Metrics {
                     sent.add(l.clone(), v.bytes_sent);
                     received.add(l, v.bytes_received);
                 }
+                counter::PRIVILEGE => {
+                    l.push(("change", change_name(k.op).to_owned()));
+                    l.push(("result", result(k.outcome)));
+                    policy(&mut l);
+                    privileges.add(l, v.events);
+                }
                 counter::LOST => {
                     l.push(("kind", record_kind_name(k.op)));
                     lost.add(l, v.events);
@@ -154,6 +168,9 @@ impl Metrics {
                 enforced.add(l, v.events);
             }
         }
-        vec![exec, exits, files, conns, datagrams, sent, received, enforced, lost, records, matches]
+        vec![
+            exec, exits, files, conns, datagrams, sent, received, privileges, enforced, lost, records,
+            matches,
+        ]
     }
 }
