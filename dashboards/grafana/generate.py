@@ -246,15 +246,22 @@ def overview():
     denies = f'podwatch_enforcement_actions_total{{{POD}, action="deny"}}'
     sensitive = (f'podwatch_file_access_total{{{POD}, policy=~".*sensitive-files.*", operation="read", '
                  f'action!="count"}}')
+    escalations = (f'podwatch_privilege_changes_total{{{POD}, policy=~".*privilege-escalation.*", '
+                   f'action!="count"}}')
+    # First row: what the security policies caught; second: activity and the agent.
     b.add("stat", "Processes killed (range)", "Processes a kill rule stopped in the time range (kernel counters, exact).",
-          "short", [P(f"sum({new_or_increase(kills, '$__range')}) or vector(0)")], w=4, h=4)
+          "short", [P(f"sum({new_or_increase(kills, '$__range')}) or vector(0)")], w=6, h=4)
     b.add("stat", "Actions denied (range)", "Connections or datagrams a deny rule refused in the time range.",
-          "short", [P(f"sum({new_or_increase(denies, '$__range')}) or vector(0)")], w=4, h=4)
+          "short", [P(f"sum({new_or_increase(denies, '$__range')}) or vector(0)")], w=6, h=4)
     b.add("stat", "Credential file reads (range)",
           "Reads of files watched by the sensitive-files policies (logged or killed) in the time range.",
-          "short", [P(f"sum({new_or_increase(sensitive, '$__range')}) or vector(0)")], w=4, h=4)
+          "short", [P(f"sum({new_or_increase(sensitive, '$__range')}) or vector(0)")], w=6, h=4)
+    b.add("stat", "Privilege escalations (range)",
+          "Privilege changes (setuid/setgid, capset, unshare, setns, credential-changing exec) matched by the "
+          "privilege-escalation policies (logged or killed) in the time range. The Privileges dashboard has the details.",
+          "short", [P(f"sum({new_or_increase(escalations, '$__range')}) or vector(0)")], w=6, h=4)
     b.add("stat", "Processes started (per second)", "Execs per second in the selected pods, from kernel counters.",
-          "ops", [P(f"sum(rate(podwatch_exec_total{{{POD}}}[$__rate_interval]))")], w=4, h=4)
+          "ops", [P(f"sum(rate(podwatch_exec_total{{{POD}}}[$__rate_interval]))")], w=8, h=4)
     b.add("stat", "Events lost by the agent (range)",
           "Detailed events lost anywhere between kernel and sinks in the time range (counters stay exact). "
           "Agent health breaks this down by stage.",
@@ -263,9 +270,9 @@ def overview():
               f" + (sum(increase(podwatch_decode_errors_total{{{AGENT}}}[$__range])) or vector(0))"
               f' + (sum(increase(podwatch_queue_dropped_events_total{{{AGENT}, queue="output"}}[$__range])) or vector(0))'
               f' + (sum(increase(podwatch_sink_events_total{{{AGENT}, outcome=~"dropped|failed"}}[$__range])) or vector(0))')],
-          w=4, h=4)
+          w=8, h=4)
     b.add("stat", "Agents up", "podwatch agents Prometheus scrapes successfully, out of those it knows.",
-          "short", [P(f"sum(up{{{AGENT}}})", "up"), P(f"count(up{{{AGENT}}})", "known")], w=4, h=4)
+          "short", [P(f"sum(up{{{AGENT}}})", "up"), P(f"count(up{{{AGENT}}})", "known")], w=8, h=4)
     b.add("timeseries", "Activity by kind (per second)",
           "Execs, file opens and connections per second in the selected pods (kernel counters).", "ops",
           [P(f"sum(rate(podwatch_exec_total{{{POD}}}[$__rate_interval]))", "exec"),
