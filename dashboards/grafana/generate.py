@@ -79,6 +79,20 @@ LOG_EGRESS = logql(
     "{{.namespace}}/{{.pod}} {{.binary}} -> {{.dst}}:{{.port}} {{.result}}",
 )
 
+# Privilege changes (kind="privilege"): credentials before and after (uid and
+# euid), capabilities gained, host namespaces entered; the arrays come out of
+# `| json` as their JSON text.
+LOG_PRIVILEGE = logql(
+    ', kind="privilege"',
+    'binary="process.binary", change="privilege.change", syscall="privilege.syscall", result="privilege.result", '
+    'uid_before="privilege.before.uid", uid_after="privilege.after.uid", '
+    'euid_before="privilege.before.euid", euid_after="privilege.after.euid", '
+    'caps_gained="privilege.capabilities_gained", host_ns="privilege.host_namespaces_entered", rule="rule"',
+    fmt="{{.namespace}}/{{.pod}} {{.binary}} {{.change}} ({{.syscall}} {{.result}}) "
+        "uid {{.uid_before}}→{{.uid_after}} euid {{.euid_before}}→{{.euid_after}} "
+        "caps+={{.caps_gained}} host_ns={{.host_ns}} rule={{.rule}} action={{.action}}",
+)
+
 
 def count_by(by, log_query):
     """A LogQL metric query: matching events per interval."""
@@ -232,15 +246,22 @@ def overview():
     denies = f'podwatch_enforcement_actions_total{{{POD}, action="deny"}}'
     sensitive = (f'podwatch_file_access_total{{{POD}, policy=~".*sensitive-files.*", operation="read", '
                  f'action!="count"}}')
+    escalations = (f'podwatch_privilege_changes_total{{{POD}, policy=~".*privilege-escalation.*", '
+                   f'action!="count"}}')
+    # First row: what the security policies caught; second: activity and the agent.
     b.add("stat", "Processes killed (range)", "Processes a kill rule stopped in the time range (kernel counters, exact).",
-          "short", [P(f"sum({new_or_increase(kills, '$__range')}) or vector(0)")], w=4, h=4)
+          "short", [P(f"sum({new_or_increase(kills, '$__range')}) or vector(0)")], w=6, h=4)
     b.add("stat", "Actions denied (range)", "Connections or datagrams a deny rule refused in the time range.",
-          "short", [P(f"sum({new_or_increase(denies, '$__range')}) or vector(0)")], w=4, h=4)
+          "short", [P(f"sum({new_or_increase(denies, '$__range')}) or vector(0)")], w=6, h=4)
     b.add("stat", "Credential file reads (range)",
           "Reads of files watched by the sensitive-files policies (logged or killed) in the time range.",
-          "short", [P(f"sum({new_or_increase(sensitive, '$__range')}) or vector(0)")], w=4, h=4)
+          "short", [P(f"sum({new_or_increase(sensitive, '$__range')}) or vector(0)")], w=6, h=4)
+    b.add("stat", "Privilege escalations (range)",
+          "Privilege changes (setuid/setgid, capset, unshare, setns, credential-changing exec) matched by the "
+          "privilege-escalation policies (logged or killed) in the time range. The Privileges dashboard has the details.",
+          "short", [P(f"sum({new_or_increase(escalations, '$__range')}) or vector(0)")], w=6, h=4)
     b.add("stat", "Processes started (per second)", "Execs per second in the selected pods, from kernel counters.",
-          "ops", [P(f"sum(rate(podwatch_exec_total{{{POD}}}[$__rate_interval]))")], w=4, h=4)
+          "ops", [P(f"sum(rate(podwatch_exec_total{{{POD}}}[$__rate_interval]))")], w=8, h=4)
     b.add("stat", "Events lost by the agent (range)",
           "Detailed events lost anywhere between kernel and sinks in the time range (counters stay exact). "
           "Agent health breaks this down by stage.",
@@ -249,9 +270,9 @@ def overview():
               f" + (sum(increase(podwatch_decode_errors_total{{{AGENT}}}[$__range])) or vector(0))"
               f' + (sum(increase(podwatch_queue_dropped_events_total{{{AGENT}, queue="output"}}[$__range])) or vector(0))'
               f' + (sum(increase(podwatch_sink_events_total{{{AGENT}, outcome=~"dropped|failed"}}[$__range])) or vector(0))')],
-          w=4, h=4)
+          w=8, h=4)
     b.add("stat", "Agents up", "podwatch agents Prometheus scrapes successfully, out of those it knows.",
-          "short", [P(f"sum(up{{{AGENT}}})", "up"), P(f"count(up{{{AGENT}}})", "known")], w=4, h=4)
+          "short", [P(f"sum(up{{{AGENT}}})", "up"), P(f"count(up{{{AGENT}}})", "known")], w=8, h=4)
     b.add("timeseries", "Activity by kind (per second)",
           "Execs, file opens and connections per second in the selected pods (kernel counters).", "ops",
           [P(f"sum(rate(podwatch_exec_total{{{POD}}}[$__rate_interval]))", "exec"),
@@ -346,6 +367,41 @@ def network_board():
     return b
 
 
+def privileges_board():
+    b = Board("podwatch-privileges", "podwatch / Privileges",
+              "Credential, capability and namespace changes in pods: setuid/setgid, capset, unshare, setns and "
+              "execs that changed credentials; failures, policy matches, kills, and each event's before and after.")
+    priv = f"podwatch_privilege_changes_total{{{POD}}}"
+    priv_kills = f'podwatch_privilege_changes_total{{{POD}, action="kill"}}'
+    b.add("timeseries", "Privilege changes by kind (per second)",
+          "setuid, setgid, capset, unshare, setns and credential-changing execs per second (kernel counters).", "ops",
+          [P(f"sum by (change) (rate({priv}[$__rate_interval]))", "{{change}}")])
+    b.add("timeseries", "Privilege changes by pod, top 10 (per second)",
+          "The ten pods changing credentials, capabilities or namespaces the most.", "ops",
+          [P(f"topk(10, sum by (namespace, pod) (rate({priv}[$__rate_interval])))", "{{namespace}}/{{pod}}")])
+    b.add("timeseries", "Failed privilege changes by kind (per second)",
+          "Privilege changes the kernel refused (EPERM...), by kind: a process probing for privileges it lacks.", "ops",
+          [P(f'sum by (change) (rate(podwatch_privilege_changes_total{{{POD}, result="failed"}}[$__rate_interval]))',
+             "{{change}}")])
+    b.add("timeseries", "Privilege changes matched by a policy (per second)",
+          "Privilege changes a policy rule matched, by policy and action.", "ops",
+          [P(f'sum by (policy, action) (rate(podwatch_privilege_changes_total{{{POD}, policy!=""}}[$__rate_interval]))',
+             "{{policy}} {{action}}")])
+    b.add("timeseries", "Processes killed on a privilege change (per interval)",
+          "Processes a kill rule stopped at a privilege change, by workload and policy (also counted in "
+          "podwatch_enforcement_actions_total); a pod's first kill counts too.", "short",
+          [P(f"sum by (namespace, workload, policy) ({new_or_increase(priv_kills, '$__rate_interval')})",
+             "{{namespace}} {{workload}} {{policy}}")])
+    b.add("timeseries", "Privilege events by namespace and change (per interval)",
+          "Privilege events per interval by namespace and kind of change, from Loki.", "short",
+          [L(count_by("namespace, change", logql(', kind="privilege"', 'change="privilege.change"')),
+             "{{namespace}} {{change}}")])
+    b.add("logs", "Privilege events", "Every logged privilege change: pod, binary, change and syscall with its result, "
+          "uid and euid before → after, capabilities gained, host namespaces entered, rule and action.",
+          "short", [L(LOG_PRIVILEGE)], w=24, h=10)
+    return b
+
+
 def health_board():
     b = Board("podwatch-agent-health", "podwatch / Agent health",
               "The agent itself: events in and out, losses at every stage, sinks, kernel maps, policies, sensors, "
@@ -423,6 +479,7 @@ BOARDS = {
     "exec.json": exec_board,
     "file-access.json": file_board,
     "network.json": network_board,
+    "privileges.json": privileges_board,
     "agent-health.json": health_board,
 }
 
