@@ -381,7 +381,7 @@ def privileges_board():
           [P(f"topk(10, sum by (namespace, pod) (rate({priv}[$__rate_interval])))", "{{namespace}}/{{pod}}")])
     b.add("timeseries", "Failed privilege changes by kind (per second)",
           "Privilege changes the kernel refused (EPERM...), by kind: a process probing for privileges it lacks.", "ops",
-          [P(f'sum by (change) (rate(podwatch_privilege_changes_total{{{POD}, result="failed"}}[$__rate_interval]))',
+          [P(f'sum by (change) (rate(podwatch_privilege_changes_total{{{POD}, result="error"}}[$__rate_interval]))',
              "{{change}}")])
     b.add("timeseries", "Privilege changes matched by a policy (per second)",
           "Privilege changes a policy rule matched, by policy and action.", "ops",

@@ -331,7 +331,7 @@ pub mod policy {
     /// Policies per generation (bits of a cgroup's mask).
     pub const MAX_POLICIES: usize = 64;
     /// Privilege rules per generation (`PrivilegeRule`s, scanned in order).
-    pub const MAX_PRIVILEGE_RULES: usize = 32;
+    pub const MAX_PRIVILEGE_RULES: usize = 16;
 
     /// `RuleRef::ops` bits for file rules.
     pub const OP_READ: u8 = 1 << 0;

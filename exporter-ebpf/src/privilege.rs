@@ -27,7 +27,7 @@ use crate::{
     counters,
     kernel::{current_task, has, off, read},
     policy,
-    record::{current_is_agent, Record},
+    record::{current_is_agent, opaque, Record},
 };
 
 /// Credentials before a privilege syscall, by thread (`pid_tgid`); before an
@@ -38,6 +38,10 @@ static PRIV_BEFORE: HashMap<u64, Credentials> = HashMap::with_max_entries(16384,
 /// Each generation's privilege rules, `MAX_PRIVILEGE_RULES` per generation.
 #[map]
 static PRIV_RULES: Array<PrivilegeRule> = Array::with_max_entries(2 * MAX_PRIVILEGE_RULES as u32, 0);
+
+/// Where `judge` passes its facts through map memory (see there).
+#[map]
+static FACTS: PerCpuArray<[u64; 10]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where the entry program assembles the credentials it stashes.
 #[map]
@@ -69,10 +73,13 @@ fn read_into(dst: *mut u8, len: u32, src: u64) -> bool {
 /// and capabilities were read.
 #[inline(never)]
 pub fn read_creds(task: u64, out: &mut Credentials, with_ns: bool) {
-    out.valid = 0;
-    out.ids = [0; 8];
-    out.caps = [0; 5];
-    out.ns = [0; ns::COUNT];
+    // Word by word, volatile: an array assignment becomes a call to a
+    // byte-loop memset, which the verifier walks byte by byte.
+    let words = out as *mut Credentials as *mut u64;
+    for i in 0..core::mem::size_of::<Credentials>() / 8 {
+        // SAFETY: inside `out`.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
     if !has(offsets::CREDS) {
         return;
     }
@@ -162,12 +169,21 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     p.ret = ret as i32;
     p.change = what;
     p._pad = [0; 7];
-    p.before = *before;
+    // One helper call, not a struct copy (a byte-loop memcpy to the verifier).
+    let copied = read_into(
+        &mut p.before as *mut Credentials as *mut u8,
+        core::mem::size_of::<Credentials>() as u32,
+        before as *const Credentials as u64,
+    );
     let _ = PRIV_BEFORE.remove(&key);
+    if !copied {
+        return Ok(0);
+    }
     read_creds(current_task(), &mut p.after, what != change::EXEC);
-    let changed = p.before.ids != p.after.ids || p.before.caps != p.after.caps || p.before.ns != p.after.ns;
 
-    let verdict = policy::unpack(judge(cgroup_id, p));
+    let judged = judge(cgroup_id, p);
+    let verdict = policy::unpack(judged);
+    let changed = judged & CHANGED != 0;
     if !changed && ret == 0 && verdict.action == action::NONE {
         // Nothing changed (setuid to the uid it has; an exec of an ordinary binary).
         return Ok(0);
@@ -187,69 +203,113 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
+/// 1 when `x` is not zero, 0 when it is, without a branch: `x | -x` has its
+/// top bit set exactly when `x` is not zero. (`opaque` keeps LLVM from
+/// folding this back into a comparison, which BPF can only do with a jump.)
+#[inline(always)]
+fn nonzero(x: u64) -> u64 {
+    (x | opaque(x.wrapping_neg() as usize) as u64) >> 63
+}
+
+/// `judge`'s bit for "the credentials or namespaces changed".
+const CHANGED: u32 = 1 << 24;
+
 /// The strongest privilege rule of the cgroup's policies that this change
-/// matches, packed as `rule | action << 16` (a BPF function takes five
-/// arguments and returns one register).
-// Indexed loops over three arrays at once: plain bounded indexes for the verifier.
+/// matches, packed as `rule | action << 16`, plus `CHANGED` (a BPF function
+/// takes five arguments and returns one register).
+///
+// Indexed loops over parallel arrays: plain bounded indexes for the verifier.
 #[allow(clippy::needless_range_loop)]
 #[inline(never)]
 fn judge(cgroup_id: u64, p: &Privilege) -> u32 {
-    let mut verdict = policy::Verdict::NONE;
+    let (before, after) = (&p.before, &p.after);
+    let host = policy::host_namespaces();
+    let mut ns_changed = 0u64;
+    let mut host_entered = 0u64;
+    let mut differs = 0u64;
+    for i in 0..ns::COUNT {
+        let (b, a) = (before.ns[i] as u64, after.ns[i] as u64);
+        let changed = nonzero(b ^ a);
+        ns_changed |= changed << i;
+        host_entered |= (changed & nonzero(a) & (nonzero(a ^ host[i] as u64) ^ 1)) << i;
+    }
+    differs |= ns_changed;
+    for i in 0..8 {
+        differs |= before.ids[i] as u64 ^ after.ids[i] as u64;
+    }
+    for i in 0..5 {
+        differs |= before.caps[i] ^ after.caps[i];
+    }
+    let changed = if differs != 0 { CHANGED } else { 0 };
     let (gen, mask) = policy::state(cgroup_id);
     let count = policy::privilege_rules(gen) as usize;
     if count == 0 || mask == 0 {
-        return 0;
+        return changed;
     }
-    let (what, before, after) = (p.change, &p.before, &p.after);
     // A call that succeeded and changed nothing (an exec of an ordinary
     // binary, setuid to the uid it has) is judged by capabilitiesHeld only.
-    let unchanged =
-        p.ret == 0 && before.ids == after.ids && before.caps == after.caps && before.ns == after.ns;
-    let host = policy::host_namespaces();
-    let mut ns_changed = 0u8;
-    let mut host_entered = 0u8;
-    for i in 0..ns::COUNT {
-        if before.ns[i] != after.ns[i] {
-            ns_changed |= 1 << i;
-            if after.ns[i] != 0 && after.ns[i] == host[i] {
-                host_entered |= 1 << i;
-            }
-        }
-    }
-    let gained = after.caps[capset::EFFECTIVE] & !before.caps[capset::EFFECTIVE];
+    let unchanged = (nonzero(differs) | nonzero(p.ret as i64 as u64)) ^ 1;
+    let what = 1u64 << (p.change & 7);
     let held = after.caps[capset::EFFECTIVE];
-    let uid_to = if after.ids[id::UID] != before.ids[id::UID] { after.ids[id::UID] } else { u32::MAX };
-    let euid_to = if after.ids[id::EUID] != before.ids[id::EUID] { after.ids[id::EUID] } else { u32::MAX };
+    let gained = held & !before.caps[capset::EFFECTIVE];
+    // Unchanged ids become u64::MAX, which no rule's uid (a u32) equals.
+    let uid_to = {
+        let (b, a) = (before.ids[id::UID] as u64, after.ids[id::UID] as u64);
+        a | (nonzero(a ^ b) ^ 1).wrapping_neg()
+    };
+    let euid_to = {
+        let (b, a) = (before.ids[id::EUID] as u64, after.ids[id::EUID] as u64);
+        a | (nonzero(a ^ b) ^ 1).wrapping_neg()
+    };
+    // The facts live in map memory and each iteration reads them there:
+    // to the verifier they are unknown values, so the paths that computed
+    // them (LLVM lowers some of the arithmetic to jumps) merge, nothing in
+    // the loop is decided by a constant, and no register a comparison
+    // narrowed is carried into the next iteration — each of those would be
+    // one more state per iteration for the verifier to walk.
+    let Some(f) = FACTS.get_ptr_mut(0) else { return changed };
+    let f = f as *mut u64;
+    let facts =
+        [what, unchanged, held, gained, ns_changed, host_entered, uid_to, euid_to, mask, changed as u64];
+    for (k, v) in facts.iter().enumerate() {
+        // SAFETY: inside the per-CPU value, ours until the program returns.
+        unsafe { core::ptr::write_volatile(f.add(k), *v) };
+    }
+    // SAFETY: as above.
+    let fact = |k: usize| unsafe { core::ptr::read_volatile(f.add(k)) };
+    // Userspace orders the rules strongest action first: the first that
+    // matches is the verdict, and no "best so far" travels through the loop.
     for i in 0..MAX_PRIVILEGE_RULES {
         if i >= count {
             break;
         }
         let Some(r) = PRIV_RULES.get((gen as usize * MAX_PRIVILEGE_RULES + i) as u32) else { break };
-        if mask & (1u64 << (r.policy & 63)) == 0 || r.action <= verdict.action {
-            continue;
-        }
-        if (r.changes != 0 && r.changes & (1 << what) == 0) || (unchanged && r.caps_held == 0) {
-            continue;
-        }
-        if r.caps_held != 0 && held & r.caps_held == 0 {
-            continue;
-        }
-        if r.caps_gained != 0 && gained & r.caps_gained == 0 {
-            continue;
-        }
-        if r.ns_changed != 0 && ns_changed & r.ns_changed == 0 {
-            continue;
-        }
-        if r.ns_host_entered != 0 && host_entered & r.ns_host_entered == 0 {
+        if fact(8) & (1u64 << (r.policy & 63)) == 0
+            || (r.changes != 0 && fact(0) & r.changes as u64 == 0)
+            || (fact(1) != 0 && r.caps_held == 0)
+            || (r.caps_held != 0 && fact(2) & r.caps_held == 0)
+            || (r.caps_gained != 0 && fact(3) & r.caps_gained == 0)
+            || (r.ns_changed != 0 && fact(4) & r.ns_changed as u64 == 0)
+            || (r.ns_host_entered != 0 && fact(5) & r.ns_host_entered as u64 == 0)
+        {
             continue;
         }
         if r.has_uids != 0 {
-            let hit = r.uids.iter().any(|&u| u != u32::MAX && (u == uid_to || u == euid_to));
+            let (uid_to, euid_to) = (fact(6), fact(7));
+            let [a, b, c, d] = r.uids.map(|u| u as u64);
+            let hit = a == uid_to
+                || a == euid_to
+                || b == uid_to
+                || b == euid_to
+                || c == uid_to
+                || c == euid_to
+                || d == uid_to
+                || d == euid_to;
             if !hit {
                 continue;
             }
         }
-        verdict = policy::Verdict { rule: r.rule, action: r.action };
+        return r.rule as u32 | (r.action as u32) << 16 | fact(9) as u32;
     }
-    verdict.rule as u32 | (verdict.action as u32) << 16
+    fact(9) as u32
 }

@@ -186,6 +186,7 @@ fn every_query_uses_the_variables_and_grafana_intervals() {
         "podwatch_network_datagrams_total",
         "podwatch_network_sent_bytes_total",
         "podwatch_network_received_bytes_total",
+        "podwatch_privilege_changes_total",
         "podwatch_enforcement_actions_total",
     ];
     for q in panel_queries() {

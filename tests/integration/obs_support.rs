@@ -21,8 +21,14 @@ pub fn repo() -> PathBuf {
 
 // ---------------------------------------------------------------- dashboards
 
-pub const DASHBOARDS: [&str; 5] =
-    ["overview.json", "exec.json", "file-access.json", "network.json", "agent-health.json"];
+pub const DASHBOARDS: [&str; 6] = [
+    "overview.json",
+    "exec.json",
+    "file-access.json",
+    "network.json",
+    "privileges.json",
+    "agent-health.json",
+];
 
 pub fn dashboard_dir() -> PathBuf {
     repo().join("dashboards/grafana")

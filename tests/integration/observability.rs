@@ -21,7 +21,7 @@ use crate::{
     harness::tool_available,
     harness::{
         bash_in, command_in, free_port, http_get, metric_sum, pods_file, require_root, run, urlencode,
-        workload_in, Agent, FakePod, Prometheus,
+        workload, workload_in, Agent, FakePod, Prometheus,
     },
     obs_support::{
         alert_signal, dashboards, logql_parse_errors, loki_rules_path, panel_queries, parse_label_values,
@@ -48,6 +48,9 @@ fn policy_dir(dir: &Path) {
         }
         if name == "egress-outside-cluster.yaml" {
             text = text.replace("namespaces: [restricted]", "namespaces: [shop]");
+        }
+        if name == "privilege-escalation.yaml" {
+            text = text.replace("namespaces: [default]", "namespaces: [shop]");
         }
         std::fs::write(dir.join(name), text).expect("write policy");
     }
@@ -258,6 +261,23 @@ scrape_configs:
     let (_, status) =
         run(command_in(Some(&web.cgroup), "/usr/bin/unshare", &["-n", "/usr/bin/python3", "-c", deny]));
     assert_eq!(status.code(), Some(0), "egress-outside-cluster-deny refuses the connect with EPERM");
+    // Privileges: a root process steps down to nobody and back, killed as
+    // CAP_SYS_ADMIN returns (privilege-escalation-enforce); nobody's setuid(0) fails.
+    let (_, status) = run(command_in(Some(&web.cgroup), &workload().display().to_string(), &["regain-root"]));
+    assert_eq!(status.signal(), Some(9), "privilege-escalation-enforce kills the regain of root in shop");
+    let (_, status) = run(command_in(
+        Some(&web.cgroup),
+        "/usr/bin/setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+            "exec /usr/bin/setpriv --reuid=0 /bin/true",
+        ],
+    ));
+    assert!(!status.success(), "nobody cannot become root with setuid: {status:?}");
     // A burst the 4 KiB ring buffer of node-b cannot hold.
     workload_in(&web.cgroup, &["open", "20000", "/etc/hostname"]);
 

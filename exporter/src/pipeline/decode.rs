@@ -336,4 +336,22 @@ mod tests {
             let _ = decode(&b);
         }
     }
+
+    #[test]
+    fn privilege_records_decode_and_short_ones_are_refused() {
+        use podwatch_common::{change, priv_syscall, Privilege};
+        let h = Header { kind: kind::PRIVILEGE, tgid: 7, ..Default::default() };
+        let mut p = Privilege { syscall: priv_syscall::SETNS, change: change::SETNS, ..Default::default() };
+        p.after.ns[2] = 4026531840;
+        let bytes = encode_for_test(h, &p, &[]);
+        match decode(&bytes).expect("decodes").payload {
+            Payload::Privilege(d) => assert_eq!(d, p),
+            other => panic!("{other:?}"),
+        }
+        let mut short = bytes.clone();
+        short.truncate(bytes.len() - 8);
+        let n = short.len() as u32;
+        short[4..8].copy_from_slice(&n.to_le_bytes());
+        assert_eq!(decode(&short), Err(DecodeError::BadLength));
+    }
 }

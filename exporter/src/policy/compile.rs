@@ -275,6 +275,8 @@ pub fn compile(policies: &[Policy], first_rule_id: u16) -> Result<Compiled, Stri
             id = id.checked_add(1).unwrap_or(1);
         }
     }
+    // The kernel takes the first privilege rule that matches: strongest first.
+    privileges.sort_by_key(|r: &PrivilegeRule| std::cmp::Reverse(r.action));
     if privileges.len() > MAX_PRIVILEGE_RULES {
         return Err(format!(
             "{} privilege rules; the kernel holds at most {MAX_PRIVILEGE_RULES} per policy set",

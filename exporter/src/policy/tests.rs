@@ -47,8 +47,14 @@ fn broken_policies_give_precise_errors() {
         ("kill on network", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: kill\n    network: {ports: [443]}\n"), "kill is not available for network"),
         ("duplicate rule names", doc(&format!("{GOOD}  - name: r1\n    action: log\n    exec: {{suffix: [/sh]}}\n")), "used twice"),
         ("relative path", doc(&GOOD.replace("/etc/shadow", "etc/shadow")), "is not absolute"),
-        ("no matcher", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: log\n"), "give one of exec, file, network"),
-        ("two matchers", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: log\n    exec: {suffix: [/sh]}\n    file: {exact: [/x]}\n"), "only one of exec, file, network"),
+        ("no matcher", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: log\n"), "give one of exec, file, network, privileges"),
+        ("unknown capability", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: kill\n    privileges: {capabilitiesGained: [CAP_TELEPORT]}\n"), "\"CAP_TELEPORT\" is not a Linux capability"),
+        ("unknown namespace", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: log\n    privileges: {hostNamespacesEntered: [time]}\n"), "unknown variant `time`"),
+        ("empty privileges", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: log\n    privileges: {}\n"), "give at least one of changes"),
+        ("deny on privileges", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: deny\n    privileges: {uidBecomes: [0]}\n"), "use kill"),
+        ("uid -1", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: log\n    privileges: {uidBecomes: [4294967295]}\n"), "is not a uid"),
+        ("five uids", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: log\n    privileges: {uidBecomes: [0, 1, 2, 3, 4]}\n"), "at most 4 uids"),
+        ("two matchers", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: log\n    exec: {suffix: [/sh]}\n    file: {exact: [/x]}\n"), "only one of exec, file, network, privileges"),
         ("unknown operation", doc(&GOOD.replace("operations: [read]", "operations: [nibble]")), "unknown variant `nibble`"),
         ("port zero", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: log\n    network: {ports: [0]}\n"), "0 is not a port"),
         ("port too big", doc("  selector: {allPods: true}\n  rules:\n  - name: r\n    action: log\n    network: {ports: [70000]}\n"), "70000"),
@@ -179,4 +185,27 @@ fn the_builtin_default_and_shipped_examples_load() {
         let p = parse(&text, &path.display().to_string(), CAPS).unwrap_or_else(|e| panic!("{e}"));
         compile(&p, 1).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
+}
+
+#[test]
+fn privilege_rules_compile_to_kernel_masks() {
+    use podwatch_common::{change, ns};
+    let text = doc("  selector: {allPods: true}\n  rules:\n  - name: r1\n    action: kill\n    privileges:\n      capabilitiesGained: [CAP_SYS_ADMIN, net_admin]\n      hostNamespacesEntered: [net, mnt]\n  - name: r2\n    action: log\n    privileges: {uidBecomes: [0], changes: [setuid, exec]}\n");
+    let p = parse(&text, "t.yaml", CAPS).expect("valid");
+    let c = compile(&p, 7).expect("compiles");
+    assert_eq!(c.privileges.len(), 2);
+    let (a, b) = (c.privileges[0], c.privileges[1]);
+    assert_eq!((a.rule, a.action, a.policy), (7, podwatch_common::action::KILL, 0));
+    assert_eq!(a.caps_gained, (1 << 21) | (1 << 12));
+    assert_eq!(a.ns_host_entered, (1 << ns::NET) | (1 << ns::MNT));
+    assert_eq!((a.has_uids, a.changes, a.caps_held), (0, 0, 0));
+    assert_eq!((b.rule, b.has_uids, b.uids), (8, 1, [0, u32::MAX, u32::MAX, u32::MAX]));
+    assert_eq!(b.changes, (1 << change::SETUID) | (1 << change::EXEC));
+    // The kernel holds 16 per set.
+    let many: String = (0..17)
+        .map(|i| format!("  - {{name: r{i}, action: log, privileges: {{uidBecomes: [0]}}}}\n"))
+        .collect();
+    let p = parse(&doc(&format!("  selector: {{allPods: true}}\n  rules:\n{many}")), "t.yaml", CAPS)
+        .expect("valid");
+    assert!(compile(&p, 1).unwrap_err().contains("at most 16"));
 }
