@@ -95,6 +95,17 @@ fn privilege_changes_are_reported_before_and_after() {
     assert_eq!((up.before.euid, up.after.euid), (65534, 0));
     assert!(has(&up.capabilities_gained, "CAP_SYS_ADMIN"), "{up:?}");
 
+    // Root given up for good: taking it back fails, and the attempt is an
+    // event (a rule naming only `changes` meets failed calls) and a counter.
+    let (pid, st) = run(command_in(cg, &bin, &["setuid-denied"]));
+    assert!(st.success(), "setuid-denied: {st:?}");
+    let e = agent.expect_one("the failed setuid(0)", |e| {
+        e.kind == Kind::Privilege && e.process.pid == pid && privilege(e).syscall == "setuid"
+    });
+    let p = privilege(&e);
+    assert_eq!((p.result.as_str(), p.errno), ("EPERM", Some(1)), "{p:?}");
+    assert_eq!((p.before.uid, p.after.uid, p.after.euid), (65534, 65534, 65534), "{p:?}");
+
     // setpriv to another user: real and effective ids change.
     let (pid, st) = run(command_in(
         cg,
@@ -143,6 +154,11 @@ fn privilege_changes_are_reported_before_and_after() {
     assert!(has(&privilege(&e).after.capabilities_effective, "CAP_NET_RAW"));
 
     // Per-pod counters, exact.
+    agent.wait_metric(
+        "podwatch_privilege_changes_total",
+        &[("namespace", "shop"), ("change", "setuid"), ("result", "error")],
+        1.0,
+    );
     let m = agent.wait_metric(
         "podwatch_privilege_changes_total",
         &[("namespace", "shop"), ("change", "unshare"), ("result", "ok")],
@@ -151,6 +167,11 @@ fn privilege_changes_are_reported_before_and_after() {
     assert_eq!(
         metric_sum(&m, "podwatch_privilege_changes_total", &[("namespace", "shop"), ("change", "setns")]),
         Some(1.0)
+    );
+    assert_eq!(
+        metric_sum(&m, "podwatch_privilege_changes_total", &[("namespace", "shop"), ("result", "error")]),
+        Some(1.0),
+        "{m}"
     );
 }
 

@@ -89,6 +89,11 @@ int main(int argc, char **argv) {
         if (setresuid(-1, 0, -1) != 0) return 4;
         return 0;
     }
+    /* Gives up root for good, then tries to take it back: setuid(0) fails. */
+    if (strcmp(argv[1], "setuid-denied") == 0) {
+        if (setresuid(65534, 65534, 65534) != 0) return 3;
+        return setuid(0) == 0 ? 4 : 0;
+    }
     if (argc < 3) return 2;
     if (strcmp(argv[1], "uring-read") == 0) {
         int fd = uring_one(IORING_OP_OPENAT, AT_FDCWD, argv[2], 0);

@@ -194,6 +194,34 @@ pub fn visit_attributes<'a>(ev: &'a Event, emit: &mut dyn FnMut(&'static str, At
             emit("podwatch.network.bytes_received", Attr::Int(b as i64));
         }
     }
+    if let Some(c) = &pr.credentials {
+        emit("podwatch.process.euid", Attr::Int(c.euid.into()));
+        emit("podwatch.process.capabilities_effective", Attr::Strs(&c.capabilities_effective));
+        if !c.host_namespaces.is_empty() {
+            emit("podwatch.process.host_namespaces", Attr::Strs(&c.host_namespaces));
+        }
+    }
+    if let Some(p) = &ev.privilege {
+        emit("podwatch.privilege.change", Attr::Str(&p.change));
+        emit("podwatch.privilege.syscall", Attr::Str(&p.syscall));
+        emit("podwatch.privilege.uid_before", Attr::Int(p.before.uid.into()));
+        emit("podwatch.privilege.uid_after", Attr::Int(p.after.uid.into()));
+        emit("podwatch.privilege.euid_before", Attr::Int(p.before.euid.into()));
+        emit("podwatch.privilege.euid_after", Attr::Int(p.after.euid.into()));
+        for (key, list) in [
+            ("podwatch.privilege.capabilities_gained", &p.capabilities_gained),
+            ("podwatch.privilege.capabilities_lost", &p.capabilities_lost),
+            ("podwatch.privilege.namespaces_changed", &p.namespaces_changed),
+            ("podwatch.privilege.host_namespaces_entered", &p.host_namespaces_entered),
+        ] {
+            if !list.is_empty() {
+                emit(key, Attr::Strs(list));
+            }
+        }
+        if p.result != "ok" {
+            emit("error.type", Attr::Str(&p.result));
+        }
+    }
     if let Some(x) = &ev.exit {
         if let Some(c) = x.code {
             emit("process.exit.code", Attr::Int(c.into()));
