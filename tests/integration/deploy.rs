@@ -479,7 +479,7 @@ fn deploy_copies_match_their_sources() {
             copied += 1;
         }
     }
-    assert_eq!(copied, 3);
+    assert_eq!(copied, 4);
     let base: Value = serde_yaml::from_str(&read(k.join("base/config.yaml"))).expect("base config");
     for sink in ["loki", "kafka", "otlp"] {
         let mut cfg: Value =
