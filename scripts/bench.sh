@@ -4,7 +4,8 @@
 #   1. what every open, exec and connect on the node pays: no agent vs podwatch vs
 #      bpftrace on the same hooks, kernel program run times, agent CPU and RSS,
 #      the end-to-end matched-event rate (bench/system.py, needs root);
-#   2. /metrics scrape and sink encoders (cargo benches).
+#   2. the reader's work per event (decode, enrich, encodings), /metrics scrape
+#      and sink encoders (cargo benches).
 # BENCH_ROUNDS (default 5) sets the rounds of part 1.
 # --baseline REV also builds REV (a commit, e.g. main~3) and measures it in
 # the same rounds, so "before" and "after" share the machine's noise.
@@ -37,4 +38,4 @@ workload="$(mktemp -d)/workload"
 cc -O2 -static -o "$workload" tests/integration/workload.c
 python3 bench/system.py --workload "$workload" --rounds "${BENCH_ROUNDS:-5}" "${extra[@]}"
 echo
-cargo bench --quiet -p podwatch --bench scrape --bench sinks 2>&1 | grep -v "^warning: podwatch@"
+cargo bench --quiet -p podwatch --bench pipeline --bench scrape --bench sinks 2>&1 | grep -v "^warning: podwatch@"

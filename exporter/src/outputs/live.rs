@@ -28,9 +28,9 @@ pub fn subscribe(
                     if !filter.matches(&ev) {
                         continue;
                     }
-                    let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
-                    line.push(b'\n');
-                    return Some((Ok(Frame::data(Bytes::from(line))), (rx, filter, stats)));
+                    // The bytes every other output writes: no encoding per subscriber.
+                    let Some(line) = ev.json_line() else { continue };
+                    return Some((Ok(Frame::data(line.clone())), (rx, filter, stats)));
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     stats.stream_lagged.fetch_add(n, Relaxed);

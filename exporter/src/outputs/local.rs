@@ -136,7 +136,6 @@ pub fn spawn(target: OutputTarget, capacity: usize, stats: Arc<AgentStats>) -> i
     };
     let (tx, mut rx) = mpsc::channel::<Arc<Event>>(capacity.max(1));
     let thread = std::thread::Builder::new().name("podwatch-output".into()).spawn(move || {
-        let mut line = Vec::with_capacity(1024);
         let report = |e: io::Error, stats: &AgentStats| {
             if stats.output_write_errors.fetch_add(1, Relaxed) == 0 {
                 error!("writing events failed: {e}");
@@ -146,10 +145,8 @@ pub fn spawn(target: OutputTarget, capacity: usize, stats: Arc<AgentStats>) -> i
             let mut next = Some(ev);
             // Drain whatever is queued, then flush once.
             while let Some(ev) = next {
-                line.clear();
-                if serde_json::to_writer(&mut line, &*ev).is_ok() {
-                    line.push(b'\n');
-                    if let Err(e) = writer.write_line(&line) {
+                if let Some(line) = ev.json_line() {
+                    if let Err(e) = writer.write_line(line) {
                         report(e, &stats);
                     }
                 }

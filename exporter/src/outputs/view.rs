@@ -263,6 +263,7 @@ mod tests {
             rule: None,
             action: None,
             matched_on: None,
+            encoded: Default::default(),
         }
     }
 

@@ -137,6 +137,7 @@ impl Enricher {
             rule: None,
             action: None,
             matched_on: None,
+            encoded: Default::default(),
         };
         ev.matched_on = matched_on(h.flags, h.rule).map(str::to_owned);
         if h.rule != 0 {

@@ -2,6 +2,9 @@
 //! know: `time, node, kind, process{..., parent}, pod{...}` plus the kind's own
 //! object (`file`, `network`, `exit`).
 
+use std::sync::OnceLock;
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -86,6 +89,55 @@ pub struct Event {
     /// is logged as such instead of passing unmatched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched_on: Option<String>,
+    /// The JSON line, encoded once and shared (see [`Event::json_line`]).
+    #[serde(skip)]
+    pub encoded: EncodedOnce,
+}
+
+impl Event {
+    /// The event as one JSON line (newline included): encoded by the first
+    /// output that needs it and shared with every other output, sink and
+    /// `/events` subscriber, which clone the bytes instead of encoding again.
+    /// `None` only if serde_json refuses the event (it cannot for this shape).
+    pub fn json_line(&self) -> Option<&Bytes> {
+        self.encoded
+            .0
+            .get_or_init(|| {
+                let mut line = serde_json::to_vec(self).ok()?;
+                line.push(b'\n');
+                Some(Bytes::from(line))
+            })
+            .as_ref()
+    }
+
+    /// The JSON line without its newline, as text (Loki lines, OTLP bodies).
+    pub fn json(&self) -> Option<&str> {
+        let line = self.json_line()?;
+        std::str::from_utf8(&line[..line.len() - 1]).ok()
+    }
+}
+
+/// An event's JSON, once encoded. A clone starts empty (a cloned event may be
+/// changed before it is sent) and it never makes two events unequal.
+#[derive(Default)]
+pub struct EncodedOnce(OnceLock<Option<Bytes>>);
+
+impl Clone for EncodedOnce {
+    fn clone(&self) -> Self {
+        EncodedOnce::default()
+    }
+}
+
+impl PartialEq for EncodedOnce {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for EncodedOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "encoded" } else { "not encoded" })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -374,6 +426,24 @@ pub fn exit_status(raw: u32) -> ExitStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_json_line_is_encoded_once_and_a_clone_encodes_its_own() {
+        let ev = crate::outputs::sinks::testdata::exec_in_pod(7, "2026-12-07T11:00:00Z");
+        let line = ev.json_line().expect("encodes");
+        let mut expected = serde_json::to_vec(&*ev).expect("encodes");
+        expected.push(b'\n');
+        assert_eq!(&line[..], &expected[..]);
+        // Every output asking again gets the same bytes, not a new encoding.
+        assert_eq!(ev.json_line().expect("encodes").as_ptr(), line.as_ptr());
+        assert_eq!(ev.json(), std::str::from_utf8(&expected[..expected.len() - 1]).ok());
+        // A clone that is changed afterwards is encoded as changed.
+        let mut other = (*ev).clone();
+        assert_eq!(other, *ev, "the encoding never makes events unequal");
+        other.process.pid = 8;
+        let back: Event = serde_json::from_slice(other.json_line().expect("encodes")).expect("reads back");
+        assert_eq!(back.process.pid, 8);
+    }
 
     #[test]
     fn exit_codes_and_signals() {

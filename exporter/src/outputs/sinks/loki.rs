@@ -269,7 +269,7 @@ impl Encoder for LokiEncoder {
     type Payload = LokiPayload;
 
     fn prepare(&mut self, ev: &Event) -> Result<(LokiItem, usize), String> {
-        let line = serde_json::to_string(ev).map_err(|e| format!("JSON: {e}"))?;
+        let line = ev.json().ok_or("JSON: the event could not be encoded")?.to_owned();
         if line.len() > self.max_line {
             return Err(format!("line of {} bytes is over max_line_bytes {}", line.len(), self.max_line));
         }

@@ -287,7 +287,7 @@ impl Encoder for OtlpEncoder {
     type Payload = ExportLogsServiceRequest;
 
     fn prepare(&mut self, ev: &Event) -> Result<(LogRecord, usize), String> {
-        let body = serde_json::to_string(ev).map_err(|e| format!("JSON: {e}"))?;
+        let body = ev.json().ok_or("JSON: the event could not be encoded")?.to_owned();
         let (severity_number, severity_text) = severity_for(action_of(ev));
         let observed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
