@@ -38,7 +38,7 @@ fn agent_ships_pod_events_to_loki() {
     assert!(labels.contains("kind=\"file\""), "{labels}");
     assert!(!labels.contains(&pod.uid), "pod uid must not be a stream label: {labels}");
     let ev: podwatch::pipeline::event::Event = serde_json::from_str(&entry.line).expect("event JSON");
-    assert_eq!(ev.pod.map(|p| p.uid), Some(pod.uid.clone()));
+    assert_eq!(ev.pod.map(|p| p.uid.clone()), Some(pod.uid.clone()));
     assert!(loki.attempts().iter().all(|a| a.tenant.as_deref() == Some("team-a")));
     let (_, body) = crate::harness::http_get(&agent.addr, "/metrics").expect("scrape");
     let sent = crate::harness::metric_sum(

@@ -30,7 +30,7 @@ fn systemd_driver_pod_and_container() {
     let pod = FakePod::systemd("besteffort");
     check_pod(&agent, &pod);
     let e = agent.expect_one("exec in pod", |e| e.kind == Kind::Exec && e.cgroup.id == pod.cgroup_id());
-    let c = e.pod.and_then(|p| p.container).expect("container");
+    let c = e.pod.and_then(|p| p.container.clone()).expect("container");
     assert_eq!(c.runtime.as_deref(), Some("containerd"));
 }
 
@@ -55,7 +55,7 @@ fn cgroup_created_after_start_and_gone_before_lookup() {
     };
     let e = agent.expect_one("exec in short-lived pod", |e| e.kind == Kind::Exec && e.process.pid == bash);
     assert_eq!(e.cgroup.id, id);
-    assert_eq!(e.pod.map(|p| p.uid), Some(uid));
+    assert_eq!(e.pod.map(|p| p.uid.clone()), Some(uid));
 }
 
 #[test]

@@ -247,13 +247,13 @@ mod tests {
                 parent: None,
                 credentials: None,
             },
-            pod: Some(Pod {
+            pod: Some(std::sync::Arc::new(Pod {
                 uid: "6b1f0a52-2c3d".into(),
                 namespace: Some("default".into()),
                 name: Some("xwing".into()),
                 workload: None,
                 container: None,
-            }),
+            })),
             cgroup: Cgroup { id: 1, path: None },
             file: None,
             network: None,

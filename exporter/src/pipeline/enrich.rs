@@ -3,6 +3,7 @@
 //! Fork and cgroup-mkdir records only update state and produce no event.
 
 use std::{
+    collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -24,8 +25,8 @@ use crate::{
         proc_cache::{ProcessCache, ProcessInfo},
     },
     pods::{
-        cgroup::{parse_kubelet_path, CgroupResolver},
-        PodStore,
+        cgroup::{parse_kubelet_path, CgroupResolver, PodRef},
+        PodMeta, PodStore,
     },
     policy::{engine::RuleNames, Action},
 };
@@ -42,7 +43,23 @@ pub struct Enricher {
     pub cgroup_created: Option<Arc<tokio::sync::Notify>>,
     /// realtime − boottime, to turn `bpf_ktime_get_boot_ns` into wall-clock time.
     boot_to_unix_ns: i128,
+    /// cgroup id → its path and pod, built once per cgroup (and again when
+    /// the pod's metadata changes) instead of for every event.
+    by_cgroup: HashMap<u64, CgroupEntry>,
 }
+
+/// What every event of one cgroup shares.
+struct CgroupEntry {
+    path: Arc<str>,
+    pod_ref: Option<PodRef>,
+    /// The metadata `pod` was built from; another Arc in the store means it changed.
+    meta: Option<Arc<PodMeta>>,
+    pod: Option<Arc<Pod>>,
+}
+
+/// More cgroups than this and the cache starts again (a node has a few
+/// thousand); housekeeping also drops the ones the resolver forgot.
+const MAX_CGROUP_ENTRIES: usize = 65_536;
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -61,7 +78,17 @@ impl Enricher {
         rules: Arc<RuleNames>,
     ) -> Enricher {
         let boot_to_unix_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
-        Enricher { node, procs, cgroups, pods, binaries, rules, cgroup_created: None, boot_to_unix_ns }
+        Enricher {
+            node,
+            procs,
+            cgroups,
+            pods,
+            binaries,
+            rules,
+            cgroup_created: None,
+            boot_to_unix_ns,
+            by_cgroup: HashMap::new(),
+        }
     }
 
     fn time(&self, ktime_ns: u64) -> String {
@@ -98,25 +125,37 @@ impl Enricher {
         }
     }
 
-    fn pod(&mut self, cgroup_id: u64) -> (Cgroup, Option<Pod>) {
-        let path = self.cgroups.lock().ok().and_then(|mut c| c.resolve(cgroup_id));
-        let pod = path.as_deref().and_then(parse_kubelet_path).map(|r| {
-            let meta = self.pods.get(&r.pod_uid);
-            Pod {
-                namespace: meta.as_ref().map(|m| m.namespace.clone()),
-                name: meta.as_ref().map(|m| m.name.clone()),
-                workload: meta.as_ref().and_then(|m| {
-                    m.workload.as_ref().map(|w| format!("{}/{}", w.kind.to_lowercase(), w.name))
-                }),
-                container: r.container_id.map(|id| Container {
-                    name: meta.as_ref().and_then(|m| m.container_name(&id).map(str::to_owned)),
-                    id,
-                    runtime: r.runtime.map(str::to_owned),
-                }),
-                uid: r.pod_uid,
+    fn pod(&mut self, cgroup_id: u64) -> (Cgroup, Option<Arc<Pod>>) {
+        if !self.by_cgroup.contains_key(&cgroup_id) {
+            // Unresolved cgroups are not cached: the next event asks again.
+            let Some(path) = self.cgroups.lock().ok().and_then(|mut c| c.resolve(cgroup_id)) else {
+                return (Cgroup { id: cgroup_id, path: None }, None);
+            };
+            if self.by_cgroup.len() >= MAX_CGROUP_ENTRIES {
+                self.by_cgroup.clear();
             }
-        });
-        (Cgroup { id: cgroup_id, path }, pod)
+            let pod_ref = parse_kubelet_path(&path);
+            let entry = CgroupEntry { path: path.into(), pod_ref, meta: None, pod: None };
+            self.by_cgroup.insert(cgroup_id, entry);
+        }
+        let Some(entry) = self.by_cgroup.get_mut(&cgroup_id) else {
+            return (Cgroup { id: cgroup_id, path: None }, None);
+        };
+        let cgroup = Cgroup { id: cgroup_id, path: Some(entry.path.clone()) };
+        let Some(r) = &entry.pod_ref else {
+            return (cgroup, None);
+        };
+        let meta = self.pods.get(&r.pod_uid);
+        let same = match (&meta, &entry.meta) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same || entry.pod.is_none() {
+            entry.pod = Some(Arc::new(pod_of(r, meta.as_deref())));
+            entry.meta = meta;
+        }
+        (cgroup, entry.pod.clone())
     }
 
     fn base(&mut self, h: &Header, kind: Kind) -> Event {
@@ -150,9 +189,13 @@ impl Enricher {
         ev
     }
 
-    /// Housekeeping between batches: expire exited processes.
+    /// Housekeeping between batches: expire exited processes, forget the
+    /// cgroups the resolver forgot (removed directories).
     pub fn tick(&mut self, now: Instant) {
         self.procs.expire(now);
+        if let Ok(c) = self.cgroups.lock() {
+            self.by_cgroup.retain(|id, _| c.knows(*id));
+        }
     }
 
     pub fn enrich(&mut self, rec: Record) -> Option<Event> {
@@ -287,6 +330,23 @@ impl Enricher {
                 Some(ev)
             }
         }
+    }
+}
+
+/// A pod as events show it: what the cgroup path says, named from the
+/// metadata when the agent has it.
+fn pod_of(r: &PodRef, meta: Option<&PodMeta>) -> Pod {
+    Pod {
+        namespace: meta.map(|m| m.namespace.clone()),
+        name: meta.map(|m| m.name.clone()),
+        workload: meta
+            .and_then(|m| m.workload.as_ref().map(|w| format!("{}/{}", w.kind.to_lowercase(), w.name))),
+        container: r.container_id.as_ref().map(|id| Container {
+            name: meta.and_then(|m| m.container_name(id).map(str::to_owned)),
+            id: id.clone(),
+            runtime: r.runtime.map(str::to_owned),
+        }),
+        uid: r.pod_uid.clone(),
     }
 }
 
@@ -502,6 +562,52 @@ mod tests {
         assert_eq!(network(kind::TCP_CONNECT, &n).result, "E2147483647");
         let n = Net { result: -111, ..n };
         assert_eq!(network(kind::TCP_CONNECT, &n).result, "ECONNREFUSED");
+    }
+
+    /// The pod is built once per cgroup, rebuilt when its metadata arrives
+    /// or changes, and forgotten with the cgroup.
+    #[test]
+    fn a_cgroups_pod_is_shared_and_follows_its_metadata() {
+        let mut e = enricher();
+        let uid = "6b1f0a52-2c3d-4e5f-8a9b-0c1d2e3f4a5b";
+        const CID: &str = "4f2b8e1c9d0a4f2b8e1c9d0a4f2b8e1c9d0a4f2b8e1c9d0a4f2b8e1c9d0a1234";
+        let path =
+            format!("/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{CID}.scope", uid.replace('-', "_"));
+        e.enrich(Record {
+            header: Header { kind: kind::CGROUP_MKDIR, ..Default::default() },
+            payload: Payload::CgroupMkdir { id: 77, path: path.clone().into_bytes() },
+        });
+        let exit = |e: &mut Enricher| {
+            let h = Header { kind: kind::EXIT, tgid: 9, cgroup_id: 77, ..Default::default() };
+            e.enrich(Record { header: h, payload: Payload::Exit { exit_code: 0 } }).expect("an event")
+        };
+        let (a, b) = (exit(&mut e), exit(&mut e));
+        let pod = a.pod.clone().expect("a pod from the cgroup path");
+        assert_eq!((pod.uid.as_str(), pod.name.as_deref()), (uid, None));
+        assert!(Arc::ptr_eq(&pod, b.pod.as_ref().expect("pod")), "one pod for the cgroup's events");
+        assert_eq!(a.cgroup.path.as_deref(), Some(path.as_str()));
+
+        let meta = |name: &str| crate::pods::PodMeta {
+            uid: uid.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            labels: Default::default(),
+            workload: None,
+            containers: vec![crate::pods::ContainerMeta { id: CID.into(), name: "web".into() }],
+        };
+        e.pods.upsert(meta("web-1"));
+        let c = exit(&mut e);
+        let p = c.pod.as_ref().expect("pod");
+        assert_eq!((p.namespace.as_deref(), p.name.as_deref()), (Some("shop"), Some("web-1")));
+        assert_eq!(p.container.as_ref().and_then(|c| c.name.as_deref()), Some("web"));
+        e.pods.upsert(meta("web-2"));
+        assert_eq!(exit(&mut e).pod.and_then(|p| p.name.clone()).as_deref(), Some("web-2"));
+
+        if let Ok(mut c) = e.cgroups.lock() {
+            c.forget(77);
+        }
+        e.tick(Instant::now());
+        assert!(exit(&mut e).pod.is_none(), "a forgotten cgroup is not served from the cache");
     }
 
     #[test]

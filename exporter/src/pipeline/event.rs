@@ -2,7 +2,7 @@
 //! know: `time, node, kind, process{..., parent}, pod{...}` plus the kind's own
 //! object (`file`, `network`, `exit`).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -60,9 +60,10 @@ pub struct Event {
     pub node: String,
     pub kind: Kind,
     pub process: Process,
-    /// Absent for host processes.
+    /// Absent for host processes. Shared by every event of the cgroup
+    /// while the pod's metadata stays the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<Pod>,
+    pub pod: Option<Arc<Pod>>,
     pub cgroup: Cgroup,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<File>,
@@ -255,7 +256,7 @@ pub struct Container {
 pub struct Cgroup {
     pub id: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

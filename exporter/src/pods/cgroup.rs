@@ -153,6 +153,11 @@ impl CgroupResolver {
         self.paths.remove(&id);
     }
 
+    /// Whether the id is known (without re-walking).
+    pub fn knows(&self, id: u64) -> bool {
+        self.paths.contains_key(&id)
+    }
+
     /// The known path, without re-walking on a miss.
     pub fn peek(&self, id: u64) -> Option<String> {
         self.paths.get(&id).cloned()
