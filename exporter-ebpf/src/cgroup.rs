@@ -13,7 +13,7 @@ use aya_ebpf::{
 use podwatch_common::{kind, offsets, CgroupMkdir, MAX_STR};
 
 use crate::{
-    kernel::{has, off, read},
+    kernel::{has, off, read, tp_field},
     policy,
     record::Record,
 };
@@ -32,14 +32,13 @@ pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
 }
 
 fn try_mkdir(ctx: &TracePointContext) -> Result<u32, u32> {
-    // SAFETY: reading fields of the tracepoint record.
-    let root: i32 = unsafe { ctx.read_at(ROOT) }.map_err(|_| 0u32)?;
+    let root: i32 = tp_field(ctx, ROOT);
     if root != 0 {
         return Ok(0); // a cgroup v1 hierarchy; ids are cgroup v2 only
     }
-    let level: i32 = unsafe { ctx.read_at(LEVEL) }.map_err(|_| 0u32)?;
-    let id: u64 = unsafe { ctx.read_at(ID) }.map_err(|_| 0u32)?;
-    let loc: u32 = unsafe { ctx.read_at(PATH_LOC) }.map_err(|_| 0u32)?;
+    let level: i32 = tp_field(ctx, LEVEL);
+    let id: u64 = tp_field(ctx, ID);
+    let loc: u32 = tp_field(ctx, PATH_LOC);
     let mut rec = Record::new(kind::CGROUP_MKDIR).ok_or(0u32)?;
     let path_len = rec.push_kernel_str(ctx.as_ptr() as u64 + (loc & 0xffff) as u64, MAX_STR as u32);
     let p: &mut CgroupMkdir = rec.payload();

@@ -28,7 +28,7 @@ use crate::{
     counters,
     kernel::{
         current_task, fd_file, file_inode, forward_path, has, off, path_at, push_cwd, push_fd_path, read,
-        task_root,
+        task_root, tp_field,
     },
     policy,
     record::{count, current_is_agent, Record},
@@ -151,8 +151,7 @@ pub fn sys_exit_open_family(ctx: TracePointContext) -> u32 {
 
 fn try_exit_open_family(ctx: &TracePointContext) -> Result<u32, u32> {
     // sys_exit_* records: the syscall number (int) at 8, the return value at 16.
-    // SAFETY: reading a field of the tracepoint record.
-    let nr: i32 = unsafe { ctx.read_at::<i32>(8) }.map_err(|_| 0u32)?;
+    let nr: i32 = tp_field(ctx, 8);
     let syscall = match nr as u64 {
         NR_OPEN => open_syscall::OPEN,
         NR_CREAT => open_syscall::CREAT,
@@ -169,7 +168,7 @@ fn try_exit_open(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
         return Ok(0);
     }
     let task = current_task();
-    let ret = field(ctx, 16)? as i64;
+    let ret: i64 = tp_field(ctx, 16);
     let args = open_args(task, syscall).unwrap_or(OpenArgs {
         filename: 0,
         flags: 0,
@@ -237,6 +236,11 @@ pub struct OpenCall {
     resolved: u32,
     len: u32,
     by_id: u32,
+    /// The cgroup and its policy state (`policy::state`), looked up once
+    /// by `open_judge`.
+    gen: u32,
+    cgroup_id: u64,
+    mask: u64,
 }
 
 #[map]
@@ -271,6 +275,9 @@ fn hand_over(ctx: &TracePointContext, ret: i64, fd: i64, args: &OpenArgs) -> Res
             resolved: Resolved::NoPolicy as u32,
             len: 0,
             by_id: 0,
+            gen: 0,
+            cgroup_id: 0,
+            mask: 0,
         };
         // On success control does not come back.
         OPEN_STAGES.tail_call(ctx, STAGE_JUDGE);
@@ -296,12 +303,16 @@ fn try_judge(ctx: &TracePointContext) -> Result<u32, u32> {
     let ops = if c.known != 0 { file_ops(c.flags) } else { 0x1f };
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let (resolved, len, by_id) = resolve_open(current_task(), c.ret, c.fd, c.filename, cgroup_id, ops);
+    let st = policy::state(cgroup_id);
+    let (resolved, len, by_id) = resolve_open(current_task(), c.ret, c.fd, c.filename, st, ops);
     // SAFETY: as above.
     unsafe {
         (*call).resolved = resolved as u32;
         (*call).len = len as u32;
         (*call).by_id = by_id;
+        (*call).gen = st.0 as u32;
+        (*call).cgroup_id = cgroup_id;
+        (*call).mask = st.1;
         OPEN_STAGES.tail_call(ctx, STAGE_VERDICT);
     }
     count(stat::OPEN_STAGE_MISS);
@@ -323,13 +334,12 @@ fn try_verdict(ctx: &TracePointContext) -> Result<u32, u32> {
     let c = unsafe { *OPEN_CALL.get_ptr(0).ok_or(0u32)? };
     // The verdict and the counter come first, from the cheapest facts: the
     // record (the user's string, the cwd walk) is built only when it is sent.
-    // SAFETY: helper without arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let cgroup_id = c.cgroup_id;
     let failed = (c.ret < 0) as u8;
     let (op, ops) = if c.known != 0 { (file_op(c.flags), file_ops(c.flags)) } else { (file_op::OPEN, 0x1f) };
     let by_id = policy::unpack(c.by_id);
     let mut judged = if c.resolved == Resolved::Path as u32 {
-        match_resolved(c.len as usize, c.ret < 0, by_id, cgroup_id, ops)
+        match_resolved(c.len as usize, c.ret < 0, by_id, (c.gen as u8, c.mask), ops)
     } else if c.resolved == Resolved::Unresolved as u32 {
         if by_id.action != action::NONE {
             OpenVerdict { verdict: by_id, by_identity: true, ..OpenVerdict::UNRESOLVED }
@@ -480,10 +490,9 @@ fn resolve_open(
     ret: i64,
     fd: i64,
     filename: u64,
-    cgroup_id: u64,
+    st: (u8, u64),
     ops: u8,
 ) -> (Resolved, usize, u32) {
-    let st = policy::state(cgroup_id);
     // No policy applies to this cgroup: no path work at all.
     if st.1 == 0 {
         return (Resolved::NoPolicy, 0, 0);
@@ -512,8 +521,7 @@ fn resolve_open(
 /// The verdict on a path `resolve_open` left at the front of the policy
 /// scratch buffer: by name, or by identity when that is stronger.
 #[inline(always)]
-fn match_resolved(len: usize, failed: bool, by_id: policy::Verdict, cgroup_id: u64, ops: u8) -> OpenVerdict {
-    let st = policy::state(cgroup_id);
+fn match_resolved(len: usize, failed: bool, by_id: policy::Verdict, st: (u8, u64), ops: u8) -> OpenVerdict {
     let Some(buf) = policy::scratch() else { return OpenVerdict::NONE };
     if st.1 == 0 || len == 0 {
         return OpenVerdict::NONE;

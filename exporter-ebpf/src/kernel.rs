@@ -3,7 +3,11 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::{
+    helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel},
+    programs::TracePointContext,
+    EbpfContext,
+};
 use podwatch_common::{flags, stat, KernelOffsets, MAX_NAME, MAX_PATH_DEPTH};
 
 use crate::record::{count, Record};
@@ -104,6 +108,16 @@ pub fn has(bits: u32) -> bool {
 pub fn current_task() -> u64 {
     // SAFETY: helper without arguments.
     unsafe { bpf_get_current_task() }
+}
+
+/// A field of a tracepoint's record at a constant offset, loaded directly
+/// from the context: the verifier checks such loads, where aya's `read_at`
+/// costs a helper call per field (on the open path, one of its larger
+/// shares). `off` must be a constant (variable context offsets are refused).
+#[inline(always)]
+pub fn tp_field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    // SAFETY: a load inside the tracepoint record, bounds-checked by the verifier.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(off) as *const T) }
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.
@@ -333,8 +347,8 @@ pub fn file_inode(file: u64) -> u64 {
 /// (dentry, vfsmount) of a `struct path` embedded at `base + offset`.
 #[inline(always)]
 pub fn path_at(base: u64, offset: u64) -> Result<(u64, u64), u32> {
-    let dentry: u64 = read(base, offset + off!(path_dentry))?;
-    let mnt: u64 = read(base, offset + off!(path_mnt))?;
+    // `struct path { mnt; dentry; }` on every kernel (the loader checks it): one read.
+    let [mnt, dentry]: [u64; 2] = read(base, offset)?;
     Ok((dentry, mnt))
 }
 
@@ -371,11 +385,11 @@ pub fn fd_file(task: u64, fd: i64) -> Result<u64, u32> {
     }
     let files: u64 = read(task, off!(task_files))?;
     let fdt: u64 = read(files, off!(files_fdt))?;
-    let max: u32 = read(fdt, off!(fdtable_max_fds))?;
-    if fd as u64 >= max as u64 {
+    // `max_fds` then `fd`, a word apart (the loader checks it): one read.
+    let [max, fds]: [u64; 2] = read(fdt, off!(fdtable_max_fds))?;
+    if fd as u64 >= max & 0xffff_ffff {
         return Err(0);
     }
-    let fds: u64 = read(fdt, off!(fdtable_fd))?;
     read(fds, (fd as u64) * 8)
 }
 

@@ -73,9 +73,8 @@ const SK_SADDR_V6: usize = 40;
 const SK_DADDR_V6: usize = 56;
 
 #[inline(always)]
-fn tp<T>(ctx: &TracePointContext, off: usize) -> Result<T, u32> {
-    // SAFETY: reading a field of the tracepoint record.
-    unsafe { ctx.read_at::<T>(off) }.map_err(|_| 0u32)
+fn tp<T: Copy>(ctx: &TracePointContext, off: usize) -> Result<T, u32> {
+    Ok(crate::kernel::tp_field(ctx, off))
 }
 
 #[tracepoint]

@@ -25,7 +25,7 @@ use podwatch_common::{
 
 use crate::{
     counters,
-    kernel::{current_task, has, off, read},
+    kernel::{current_task, has, off, read, tp_field},
     policy,
     record::{current_is_agent, opaque, Record},
 };
@@ -127,8 +127,7 @@ fn try_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     if !has(offsets::CREDS) || current_is_agent() {
         return Ok(0);
     }
-    // SAFETY: reading a field of the tracepoint record.
-    let nr = unsafe { ctx.read_at::<i32>(SYSCALL_NR) }.map_err(|_| 0u32)? as u32;
+    let nr = tp_field::<i32>(ctx, SYSCALL_NR) as u32;
     let Some(what) = priv_syscall::change_of(nr) else { return Ok(0) };
     let buf = CREDS_SCRATCH.get_ptr_mut(0).ok_or(0u32)?;
     // SAFETY: per-CPU scratch value, ours until the program returns.
@@ -149,10 +148,8 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     if !has(offsets::CREDS) {
         return Ok(0);
     }
-    // SAFETY: reading fields of the tracepoint record.
-    let nr = unsafe { ctx.read_at::<i32>(SYSCALL_NR) }.map_err(|_| 0u32)? as u32;
-    // SAFETY: as above.
-    let ret = unsafe { ctx.read_at::<i64>(SYSCALL_RET) }.map_err(|_| 0u32)?;
+    let nr = tp_field::<i32>(ctx, SYSCALL_NR) as u32;
+    let ret: i64 = tp_field(ctx, SYSCALL_RET);
     let what = priv_syscall::change_of(nr).ok_or(0u32)?;
     let key = stash_key(nr);
     // SAFETY: read-only use of the looked-up value, copied out below.

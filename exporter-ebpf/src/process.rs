@@ -13,7 +13,7 @@ use podwatch_common::{
 
 use crate::{
     counters,
-    kernel::{current_task, exe_path, file_inode, has, off, parent_tgid, push_cwd, read},
+    kernel::{current_task, exe_path, file_inode, has, off, parent_tgid, push_cwd, read, tp_field},
     policy,
     record::{current_is_agent, Record},
 };
@@ -33,8 +33,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     let task = current_task();
 
     // __data_loc: low 16 bits offset from the record start, high 16 bits length.
-    // SAFETY: reading a field of the tracepoint record.
-    let loc: u32 = unsafe { ctx.read_at(EXEC_FILENAME_LOC) }.map_err(|_| 0u32)?;
+    let loc: u32 = tp_field(ctx, EXEC_FILENAME_LOC);
     let filename = ctx.as_ptr() as u64 + (loc & 0xffff) as u64;
     let filename_start = rec.len();
     let filename_len = rec.push_kernel_str(filename, MAX_STR as u32);

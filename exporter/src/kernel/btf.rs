@@ -341,13 +341,29 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         }
         adjacent
     });
-    // The programs read d_parent and d_name's len and name in one go.
+    // The programs read d_parent and d_name's len and name in one go, and a
+    // `struct path` as (mnt, dentry) in one read.
     let paths = paths.filter(|_| {
         let adjacent = o.dentry_name == o.dentry_parent + 8 && o.qstr_len == 4 && o.qstr_name == 8;
         if !adjacent {
             missing.push(format!(
                 "dentry.d_name right after d_parent (d_parent at {}, d_name at {}, qstr.len at {}, qstr.name at {})",
                 o.dentry_parent, o.dentry_name, o.qstr_len, o.qstr_name
+            ));
+        }
+        let path = o.path_mnt == 0 && o.path_dentry == 8;
+        if !path {
+            missing.push(format!("path.mnt then path.dentry (at {} and {})", o.path_mnt, o.path_dentry));
+        }
+        adjacent && path
+    });
+    // fdtable.max_fds and fdtable.fd are read in one go.
+    let files = files.filter(|_| {
+        let adjacent = o.fdtable_fd == o.fdtable_max_fds + 8;
+        if !adjacent {
+            missing.push(format!(
+                "fdtable.fd a word after max_fds (max_fds at {}, fd at {})",
+                o.fdtable_max_fds, o.fdtable_fd
             ));
         }
         adjacent
