@@ -409,6 +409,29 @@ pub mod identity {
     }
 }
 
+/// A prefilter for the suffix tries: one bit per (last byte, byte before it)
+/// of every suffix a rule names, per generation and kind. Most paths end in
+/// two bytes no suffix rule ends in (`.6`, `at`) and skip the reversed key
+/// and the trie lookup.
+pub mod suffix_filter {
+    pub const FILE: u32 = 0;
+    pub const EXEC: u32 = 1;
+    /// Words per generation and kind: 65,536 bits.
+    pub const WORDS: u32 = 1024;
+    /// Array slots: both generations of both kinds.
+    pub const SLOTS: u32 = 4 * WORDS;
+
+    /// The bit of a path whose last byte is `last` and the one before `prev`.
+    pub const fn bit(last: u8, prev: u8) -> u32 {
+        (last as u32) << 8 | prev as u32
+    }
+
+    /// The array slot holding `bit` for generation `gen` and `kind`.
+    pub const fn slot(gen: u8, kind: u32, bit: u32) -> u32 {
+        ((gen as u32 & 1) * 2 + (kind & 1)) * WORDS + (bit >> 6)
+    }
+}
+
 /// A rule on credentials and namespaces. It matches a change (or an exec)
 /// when every condition it sets holds; a zero field sets none.
 #[repr(C)]

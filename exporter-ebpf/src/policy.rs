@@ -16,7 +16,7 @@ use aya_ebpf::{
 use podwatch_common::{
     action, identity, offsets,
     policy::{MAX_MATCH_PATH, REFS},
-    InodeKey, MatchSet, PolicyConfig, ADDR_KEY_LEN, PATH_KEY_LEN,
+    suffix_filter, InodeKey, MatchSet, PolicyConfig, ADDR_KEY_LEN, PATH_KEY_LEN,
 };
 
 use crate::kernel::{has, off, read, FORWARD_POS, FORWARD_WINDOW};
@@ -51,6 +51,10 @@ static NET_ADDRS: LpmTrie<[u8; ADDR_KEY_LEN], MatchSet> = LpmTrie::with_max_entr
 static IDENTITIES: HashMap<InodeKey, MatchSet> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 /// One bit per hashed inode number of any identity entry: a directory a
 /// path walk passes costs one inlined array read unless its bit is set.
+/// See `podwatch_common::suffix_filter`.
+#[map]
+static SUFFIX_FILTER: Array<u64> = Array::with_max_entries(suffix_filter::SLOTS, 0);
+
 #[map]
 static IDENTITY_FILTER: Array<u64> = Array::with_max_entries(identity::FILTER_WORDS, 0);
 
@@ -385,11 +389,11 @@ pub fn kernel_path(buf: *mut u8, path: u64) -> usize {
 fn match_path(
     buf: *mut u8,
     len: usize,
-    gen: u8,
-    mask: u64,
+    (gen, mask): (u8, u64),
     ops: u8,
     paths: &LpmTrie<[u8; PATH_KEY_LEN], MatchSet>,
     suffixes: &LpmTrie<[u8; PATH_KEY_LEN], MatchSet>,
+    kind: u32,
 ) -> Verdict {
     const KEY: usize = PATH_KEY_LEN - 2;
     let mut v = Verdict::NONE;
@@ -420,6 +424,17 @@ fn match_path(
         if let Some(set) = paths.get(key) {
             pick(set, mask, ops, 0, true, &mut v);
         }
+        // The prefilter first: when no suffix rule ends in the path's last
+        // two bytes, no reversed key and no lookup.
+        if len >= 2 {
+            let last = *buf.add((len - 1) & (FORWARD_WINDOW - 1));
+            let prev = *buf.add((len - 2) & (FORWARD_WINDOW - 1));
+            let bit = suffix_filter::bit(last, prev);
+            match SUFFIX_FILTER.get(suffix_filter::slot(gen, kind, bit)) {
+                Some(w) if *w & (1u64 << (bit & 63)) != 0 => {}
+                _ => return v,
+            }
+        }
         // Reversed key: prefix_len, gen, the path's last bytes reversed.
         let rev = buf.add(REV_KEY);
         *(rev as *mut u32) = ((head + 1) * 8) as u32;
@@ -441,14 +456,12 @@ fn match_path(
 /// `st`: the cgroup's (generation, mask) from `state`, looked up once per event.
 #[inline(always)]
 pub fn match_exec(buf: *mut u8, len: usize, st: (u8, u64)) -> Verdict {
-    let (gen, mask) = st;
-    match_path(buf, len, gen, mask, 0, &EXEC_PATHS, &EXEC_SUFFIXES)
+    match_path(buf, len, st, 0, &EXEC_PATHS, &EXEC_SUFFIXES, suffix_filter::EXEC)
 }
 
 #[inline(always)]
 pub fn match_file(buf: *mut u8, len: usize, st: (u8, u64), ops: u8) -> Verdict {
-    let (gen, mask) = st;
-    match_path(buf, len, gen, mask, ops, &FILE_PATHS, &FILE_SUFFIXES)
+    match_path(buf, len, st, ops, &FILE_PATHS, &FILE_SUFFIXES, suffix_filter::FILE)
 }
 
 /// Destination address (4 or 16 bytes, network order) and port.

@@ -332,6 +332,7 @@ impl Loaded {
             identities: take("IDENTITIES")?.try_into()?,
             identity_filter: take("IDENTITY_FILTER")?.try_into()?,
             privilege_rules: take("PRIV_RULES")?.try_into()?,
+            suffix_filter: take("SUFFIX_FILTER")?.try_into()?,
         })
     }
 

@@ -25,8 +25,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData};
 use podwatch_common::{
-    identity, policy::MAX_PRIVILEGE_RULES, InodeKey, MatchSet, PolicyConfig, PrivilegeRule, ADDR_KEY_LEN,
-    PATH_KEY_LEN,
+    identity, policy::MAX_PRIVILEGE_RULES, suffix_filter, InodeKey, MatchSet, PolicyConfig, PrivilegeRule,
+    ADDR_KEY_LEN, PATH_KEY_LEN,
 };
 
 use super::{
@@ -58,6 +58,8 @@ pub struct PolicyMaps {
     pub identity_filter: Array<MapData, u64>,
     /// Privilege rules, `MAX_PRIVILEGE_RULES` slots per generation.
     pub privilege_rules: Array<MapData, PrivilegeRule>,
+    /// The suffix tries' prefilter (`suffix_filter`), per generation and kind.
+    pub suffix_filter: Array<MapData, u64>,
 }
 
 /// The identity entries of one generation: (role, dev, ino) → rules, as the
@@ -183,6 +185,8 @@ pub struct PolicyEngine {
     /// by rename gets a new inode).
     identity_wants: Vec<IdentityWant>,
     identities: [Identities; 2],
+    /// Mirror of the kernel's suffix prefilter, `[generation][kind]`.
+    suffix_words: [[Vec<u64>; 2]; 2],
     pub names: Arc<RuleNames>,
     pub status: Arc<PolicyStatus>,
     /// The programs' attach state, to check each loaded set against.
@@ -213,6 +217,23 @@ fn write_paths(trie: &mut PathTrie, gen: u8, entries: &[(Prefix, MatchSet)]) -> 
     Ok(())
 }
 
+/// The suffix prefilter's words for one kind of rule: the bit of each suffix
+/// key's last two bytes (keys are stored reversed: `data[0]` is the path's
+/// last byte). A one-byte suffix sets every bit it can end a path in, an
+/// empty one every bit.
+fn suffix_filter_words(entries: &[(Prefix, MatchSet)]) -> Vec<u64> {
+    let mut words = vec![0u64; suffix_filter::WORDS as usize];
+    let mut set = |bit: u32| words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    for (p, _) in entries {
+        match (p.bits / 8, p.data.as_slice()) {
+            (n, [last, prev, ..]) if n >= 2 => set(suffix_filter::bit(*last, *prev)),
+            (1, [last, ..]) => (0..=255).for_each(|prev| set(suffix_filter::bit(*last, prev))),
+            _ => (0..1 << 16).for_each(&mut set),
+        }
+    }
+    words
+}
+
 fn clear_paths(trie: &mut PathTrie, gen: u8) {
     let old: Vec<_> = trie.keys().filter_map(Result::ok).filter(|k| k.data()[0] == gen).collect();
     for k in old {
@@ -231,6 +252,7 @@ impl PolicyEngine {
             masks: HashMap::new(),
             identity_wants: Vec::new(),
             identities: [Identities::new(), Identities::new()],
+            suffix_words: Default::default(),
             names: Arc::new(RuleNames::default()),
             status: Arc::new(PolicyStatus::default()),
             sensors: None,
@@ -350,6 +372,9 @@ impl PolicyEngine {
         write_paths(&mut m.exec_suffixes, next, &compiled.exec_suffixes)?;
         write_paths(&mut m.file_paths, next, &compiled.file_paths)?;
         write_paths(&mut m.file_suffixes, next, &compiled.file_suffixes)?;
+        self.write_suffix_filter(next, suffix_filter::FILE, &compiled.file_suffixes)?;
+        self.write_suffix_filter(next, suffix_filter::EXEC, &compiled.exec_suffixes)?;
+        let m = &mut self.maps;
         for (v6, p, set) in &compiled.addrs {
             m.addrs
                 .insert(&addr_key(next, *v6, p), set, 0)
@@ -406,6 +431,27 @@ impl PolicyEngine {
         self.status.rules.store(compiled.rules.len() as u64, Relaxed);
         self.status.generation.store(next as u64, Relaxed);
         self.policies = policies;
+        Ok(())
+    }
+
+    /// Makes generation `gen`'s suffix prefilter for `kind` cover `entries`
+    /// (written before the generation becomes active; only changed words).
+    fn write_suffix_filter(
+        &mut self,
+        gen: u8,
+        kind: u32,
+        entries: &[(Prefix, MatchSet)],
+    ) -> anyhow::Result<()> {
+        let want = suffix_filter_words(entries);
+        let have = &mut self.suffix_words[gen as usize & 1][kind as usize & 1];
+        have.resize(want.len(), 0);
+        for (i, (w, h)) in want.iter().zip(have.iter_mut()).enumerate() {
+            if w != h {
+                let slot = suffix_filter::slot(gen, kind, (i as u32) << 6);
+                self.maps.suffix_filter.set(slot, w, 0).context("writing the suffix filter")?;
+                *h = *w;
+            }
+        }
         Ok(())
     }
 
@@ -530,5 +576,40 @@ fn wait_for_running_programs() {
             );
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suffix(s: &str) -> (Prefix, MatchSet) {
+        let mut data = s.as_bytes().to_vec();
+        data.reverse();
+        (Prefix { bits: data.len() as u32 * 8, data }, MatchSet::default())
+    }
+
+    fn passes(words: &[u64], path: &str) -> bool {
+        let b = path.as_bytes();
+        let bit = suffix_filter::bit(b[b.len() - 1], b[b.len() - 2]);
+        words[(bit >> 6) as usize] & (1 << (bit & 63)) != 0
+    }
+
+    #[test]
+    fn the_suffix_filter_passes_every_path_a_suffix_rule_can_match() {
+        let words = suffix_filter_words(&[suffix("/.ssh/id_rsa"), suffix("/.kube/config")]);
+        assert!(passes(&words, "/root/.ssh/id_rsa"));
+        assert!(passes(&words, "/home/a/.kube/config"));
+        // Ends in bytes no rule ends in: skipped.
+        assert!(!passes(&words, "/etc/hostname"));
+        assert!(!passes(&words, "/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        // A one-byte suffix passes every path ending in that byte.
+        let words = suffix_filter_words(&[suffix("~")]);
+        assert!(passes(&words, "/etc/passwd~"));
+        assert!(passes(&words, "/a~~"));
+        assert!(!passes(&words, "/etc/passwd"));
+        // An empty suffix passes everything; no rule, nothing.
+        assert!(suffix_filter_words(&[suffix("")]).iter().all(|w| *w == !0));
+        assert!(suffix_filter_words(&[]).iter().all(|w| *w == 0));
     }
 }
