@@ -173,6 +173,70 @@ fn opens_matching_no_policy_send_no_records_but_are_counted() {
     );
 }
 
+/// File suffix rules pass the kernel's two-byte prefilter before their trie:
+/// a file whose name ends as a rule's suffix (a path suffix, a one-byte one)
+/// is logged, others are only counted; after a reload the new set's suffixes
+/// match and the old set's do not.
+#[test]
+fn suffix_rules_match_through_their_prefilter_and_follow_reloads() {
+    require_root!();
+    let files = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir(files.path().join(".ssh")).expect("mkdir");
+    let path = |name: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, "x\n").expect("write file");
+        p.display().to_string()
+    };
+    let (key, backup, plain, pem) = (path(".ssh/id_rsa"), path("notes~"), path("hostname"), path("tls.pem"));
+    let pod = FakePod::cgroupfs("burstable");
+    let (dir, agent) = agent_with_policy(
+        "suffixes",
+        "{allPods: true}",
+        "  - name: keys\n    action: log\n    file: {suffix: [/.ssh/id_rsa, \"~\"]}\n",
+    );
+    workload_in(&pod.cgroup, &["open", "2", &key]);
+    workload_in(&pod.cgroup, &["open", "1", &backup]);
+    workload_in(&pod.cgroup, &["open", "5", &plain]);
+    workload_in(&pod.cgroup, &["open", "3", &pem]);
+    let pod_l = ("pod", pod.uid.as_str());
+    let m = agent.wait_metric("podwatch_file_access_total", &[pod_l, ("operation", "read")], 11.0);
+    assert_eq!(metric_sum(&m, "podwatch_file_access_total", &[pod_l, ("policy", "suffixes")]), Some(3.0));
+    assert_eq!(metric_sum(&m, "podwatch_ringbuf_records_total", &[pod_l, ("kind", "file")]), Some(3.0));
+    let cg = pod.cgroup_id();
+    let logged = agent.wait_n(3, Duration::from_secs(20), |e| e.kind == Kind::File && e.cgroup.id == cg);
+    let mut paths: Vec<_> = logged.iter().filter_map(|e| e.file.as_ref().map(|f| f.path.clone())).collect();
+    paths.sort();
+    let mut want = vec![key.clone(), key.clone(), backup.clone()];
+    want.sort();
+    assert_eq!(paths, want);
+
+    // Another set: `.pem` files, not keys.
+    let reloads = |m: &str| metric_sum(m, "podwatch_policy_reloads_total", &[("result", "ok")]).unwrap_or(0.0);
+    let before = reloads(&m);
+    write(
+        dir.path(),
+        "p.yaml",
+        &policy("certs", "{allPods: true}", "  - name: pem\n    action: log\n    file: {suffix: [.pem]}\n"),
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reloads(&scrape(&agent)) < before + 1.0 {
+        assert!(Instant::now() < deadline, "the reload did not happen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    workload_in(&pod.cgroup, &["open", "1", &key]);
+    workload_in(&pod.cgroup, &["open", "2", &pem]);
+    let m = agent.wait_metric("podwatch_file_access_total", &[pod_l, ("operation", "read")], 14.0);
+    assert_eq!(metric_sum(&m, "podwatch_file_access_total", &[pod_l, ("policy", "certs")]), Some(2.0));
+    // Two more records, the .pem opens: the key's open under the new set was not sent.
+    assert_eq!(metric_sum(&m, "podwatch_ringbuf_records_total", &[pod_l, ("kind", "file")]), Some(5.0));
+    let certs = agent.wait_n(2, Duration::from_secs(20), |e| {
+        e.kind == Kind::File && e.cgroup.id == cg && e.policy.as_deref() == Some("certs")
+    });
+    assert!(certs.iter().all(|e| e.file.as_ref().is_some_and(|f| f.path == pem)));
+}
+
 #[test]
 fn kill_on_exec_from_tmp() {
     require_root!();
