@@ -17,7 +17,7 @@ fn exec_of_cat_has_binary_args_parent_and_exit_codes() {
         e.kind == Kind::Exec && e.process.parent.as_ref().is_some_and(|p| p.pid == bash_pid)
     });
     assert!(ends_with(&exec.process.binary, "/cat"), "{:?}", exec.process.binary);
-    assert_eq!(exec.process.args, vec!["/bin/cat", "/etc/passwd"]);
+    assert_eq!(exec.process.args[..], ["/bin/cat", "/etc/passwd"]);
     let parent = exec.process.parent.as_ref().expect("parent");
     assert!(ends_with(&parent.binary, "/bash"), "parent binary {:?}", parent.binary);
     assert_eq!(exec.process.uid, 0);
@@ -33,7 +33,7 @@ fn exec_of_cat_has_binary_args_parent_and_exit_codes() {
     let f = open.file.as_ref().expect("file");
     assert_eq!((f.operation.as_str(), f.result.as_str()), ("read", "ok"));
     assert!(ends_with(&open.process.binary, "/cat"));
-    assert_eq!(open.process.args, vec!["/bin/cat", "/etc/passwd"]);
+    assert_eq!(open.process.args[..], ["/bin/cat", "/etc/passwd"]);
 
     let cat_exit = agent.expect_one("exit of cat", |e| e.kind == Kind::Exit && e.process.pid == cat_pid);
     assert_eq!(cat_exit.exit.as_ref().and_then(|x| x.code), Some(0));
@@ -76,7 +76,7 @@ fn long_and_non_utf8_argv_is_flagged_not_lost() {
     cmd.arg(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(b"caf\xe9"));
     let (pid, _) = crate::harness::run(cmd);
     let exec = agent.expect_one("exec of echo", |e| e.kind == Kind::Exec && e.process.pid == pid);
-    assert_eq!(exec.process.args, vec!["/bin/echo", "caf\\xe9"]);
+    assert_eq!(exec.process.args[..], ["/bin/echo", "caf\\xe9"]);
     assert!(!exec.process.args_truncated);
 }
 
@@ -97,7 +97,7 @@ fn processes_older_than_the_agent_are_described_from_proc() {
     child.wait().expect("wait");
     let exit = agent.expect_one("exit of old sleep", |e| e.kind == Kind::Exit && e.process.pid == pid);
     assert!(ends_with(&exit.process.binary, "/sleep"), "{:?}", exit.process.binary);
-    assert_eq!(exit.process.args, vec!["/bin/sleep", "7.5"]);
+    assert_eq!(exit.process.args[..], ["/bin/sleep", "7.5"]);
 }
 
 /// `OsStr::from_encoded_bytes_unchecked` is unsafe; on Unix every byte string is
@@ -127,7 +127,7 @@ fn secrets_in_argv_are_masked_before_any_output() {
     let (pid, _) = crate::harness::run(command_in(None, "/bin/echo", &args));
     let exec = agent.expect_one("exec of echo", |e| e.kind == Kind::Exec && e.process.pid == pid);
     assert_eq!(
-        exec.process.args,
+        exec.process.args[..],
         [
             "/bin/echo",
             "--password=****",

@@ -404,8 +404,8 @@ pub fn bash_in(cgroup: Option<&Path>, script: &str) -> (u32, ExitStatus) {
     run(command_in(cgroup, "/bin/bash", &["-c", script]))
 }
 
-pub fn ends_with(s: &Option<String>, suffix: &str) -> bool {
-    s.as_deref().is_some_and(|s| s.ends_with(suffix))
+pub fn ends_with<S: AsRef<str>>(s: &Option<S>, suffix: &str) -> bool {
+    s.as_ref().is_some_and(|s| s.as_ref().ends_with(suffix))
 }
 
 /// The static workload binary (tests/integration/workload.c), built once.

@@ -211,7 +211,8 @@ fn suffix_rules_match_through_their_prefilter_and_follow_reloads() {
     assert_eq!(paths, want);
 
     // Another set: `.pem` files, not keys.
-    let reloads = |m: &str| metric_sum(m, "podwatch_policy_reloads_total", &[("result", "ok")]).unwrap_or(0.0);
+    let reloads =
+        |m: &str| metric_sum(m, "podwatch_policy_reloads_total", &[("result", "ok")]).unwrap_or(0.0);
     let before = reloads(&m);
     write(
         dir.path(),

@@ -106,8 +106,13 @@ fn who(ev: &Event) -> String {
     }
 }
 
+/// The binary, or `[comm]` when it is not known.
+fn shown_binary(ev: &Event) -> String {
+    ev.process.binary.as_deref().map_or_else(|| format!("[{}]", ev.process.comm), str::to_owned)
+}
+
 fn command(ev: &Event) -> String {
-    let bin = ev.process.binary.clone().unwrap_or_else(|| format!("[{}]", ev.process.comm));
+    let bin = shown_binary(ev);
     let args: Vec<&str> = ev.process.args.iter().skip(1).map(String::as_str).collect();
     if args.is_empty() {
         bin
@@ -163,12 +168,12 @@ fn compact_line(ev: &Event) -> String {
                 "truncate" => ("✂️ ", "truncate"),
                 _ => ("📬", "open    "),
             };
-            let bin = ev.process.binary.clone().unwrap_or_else(|| format!("[{}]", ev.process.comm));
+            let bin = shown_binary(ev);
             let result = if f.result == "ok" { String::new() } else { format!(" ⛔ {}", f.result) };
             format!("{icon} {word} {who} {bin} {}{result}", f.path)
         }
         Kind::Privilege => {
-            let bin = ev.process.binary.clone().unwrap_or_else(|| format!("[{}]", ev.process.comm));
+            let bin = shown_binary(ev);
             let Some(p) = &ev.privilege else {
                 return format!("🔑 privilege {who} {bin}");
             };
@@ -196,7 +201,7 @@ fn compact_line(ev: &Event) -> String {
             format!("🔑 {:<7} {who} {bin} {}{result}", p.syscall, what.join(" "))
         }
         Kind::Connect | Kind::Accept | Kind::Close | Kind::Send => {
-            let bin = ev.process.binary.clone().unwrap_or_else(|| format!("[{}]", ev.process.comm));
+            let bin = shown_binary(ev);
             let Some(n) = &ev.network else {
                 return format!("🔌 {}    {who} {bin}", ev.kind.as_str());
             };
@@ -241,7 +246,7 @@ mod tests {
                 comm: "cat".into(),
                 binary: Some("/usr/bin/cat".into()),
                 executable: Some("/usr/bin/cat".into()),
-                args: vec!["cat".into(), "/etc/passwd".into()],
+                args: vec!["cat".into(), "/etc/passwd".into()].into(),
                 args_truncated: false,
                 cwd: Some("/".into()),
                 parent: None,

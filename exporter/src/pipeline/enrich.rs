@@ -228,9 +228,9 @@ impl Enricher {
                     binary = normalize(&format!("{c}/{binary}"));
                 }
                 let mut ev = self.base(&h, Kind::Exec);
-                ev.process.binary = Some(binary);
-                ev.process.executable = executable.map(|e| lossless_string(&e));
-                ev.process.args = Vec::new();
+                ev.process.binary = Some(binary.into());
+                ev.process.executable = executable.map(|e| lossless_string(&e).into());
+                ev.process.args = Vec::new().into();
                 ev.process.credentials = creds.map(|c| credentials(&c));
                 Some(ev)
             }
@@ -251,11 +251,11 @@ impl Enricher {
                     h.tgid,
                     ProcessInfo {
                         ppid: parent_pid,
-                        binary: Some(binary),
-                        executable: executable.map(|e| lossless_string(&e)),
-                        args,
+                        binary: Some(binary.into()),
+                        executable: executable.map(|e| lossless_string(&e).into()),
+                        args: args.into(),
                         args_truncated: h.flags & flags::ARGS_TRUNCATED != 0,
-                        cwd,
+                        cwd: cwd.map(Into::into),
                     },
                 );
                 let mut ev = self.base(&h, Kind::Exec);
@@ -275,9 +275,9 @@ impl Enricher {
                 } else if raw.starts_with('/') {
                     normalize(&raw)
                 } else {
-                    let base = dir
-                        .map(|d| lossless_string(&d))
-                        .or_else(|| self.procs.peek(h.tgid).and_then(|p| p.cwd.clone()));
+                    let base = dir.map(|d| lossless_string(&d)).or_else(|| {
+                        self.procs.peek(h.tgid).and_then(|p| p.cwd.as_deref().map(str::to_owned))
+                    });
                     match base {
                         Some(b) => normalize(&format!("{b}/{raw}")),
                         None => raw.clone(),
@@ -608,6 +608,40 @@ mod tests {
         }
         e.tick(Instant::now());
         assert!(exit(&mut e).pod.is_none(), "a forgotten cgroup is not served from the cache");
+    }
+
+    #[test]
+    fn a_processs_binary_args_and_cwd_are_shared_by_its_events() {
+        let mut e = enricher();
+        e.procs.on_exec(
+            9,
+            ProcessInfo {
+                ppid: 1,
+                binary: Some("/usr/bin/cat".into()),
+                executable: Some("/usr/bin/cat".into()),
+                args: vec!["cat".to_owned(), "/etc/passwd".to_owned()].into(),
+                args_truncated: false,
+                cwd: Some("/srv".into()),
+            },
+        );
+        let exit = |e: &mut Enricher| {
+            let h = Header { kind: kind::EXIT, tgid: 9, ..Default::default() };
+            e.enrich(Record { header: h, payload: Payload::Exit { exit_code: 0 } }).expect("an event")
+        };
+        let (a, b) = (exit(&mut e), exit(&mut e));
+        assert_eq!(a.process.args[..], ["cat", "/etc/passwd"]);
+        assert_eq!(
+            (a.process.binary.as_deref(), a.process.cwd.as_deref()),
+            (Some("/usr/bin/cat"), Some("/srv"))
+        );
+        assert!(Arc::ptr_eq(&a.process.args, &b.process.args), "argv is shared, not copied per event");
+        let (ab, bb) =
+            (a.process.binary.as_ref().expect("binary"), b.process.binary.as_ref().expect("binary"));
+        assert!(Arc::ptr_eq(ab, bb));
+        // Serialized as before: plain strings and an array.
+        let json: serde_json::Value = serde_json::from_str(a.json().expect("json")).expect("valid JSON");
+        assert_eq!(json["process"]["args"], serde_json::json!(["cat", "/etc/passwd"]));
+        assert_eq!(json["process"]["binary"], "/usr/bin/cat");
     }
 
     #[test]

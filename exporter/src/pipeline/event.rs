@@ -151,19 +151,19 @@ pub struct Process {
     pub comm: String,
     /// The path exec was given (made absolute against the cwd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binary: Option<String>,
+    pub binary: Option<Arc<str>>,
     /// The resolved path of the file the kernel runs (symlinks, `..`,
     /// `/proc/self/root/...` and fexecve's `/dev/fd/N` resolved); for a
     /// script, its interpreter. Exec rules judge both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub executable: Option<String>,
+    pub executable: Option<Arc<str>>,
     /// Full argv, argv[0] included.
     #[serde(default)]
-    pub args: Vec<String>,
+    pub args: Arc<[String]>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub args_truncated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
+    pub cwd: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Parent>,
     /// Exec events: what the new image runs with.
@@ -226,7 +226,7 @@ pub struct PrivilegeChange {
 pub struct Parent {
     pub pid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binary: Option<String>,
+    pub binary: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

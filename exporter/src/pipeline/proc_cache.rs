@@ -7,6 +7,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,13 +17,13 @@ use crate::pipeline::event::lossless_string;
 pub struct ProcessInfo {
     pub ppid: u32,
     /// The path exec was given, made absolute.
-    pub binary: Option<String>,
+    pub binary: Option<Arc<str>>,
     /// The resolved path of the file that runs (symlinks followed); for a
     /// script, its interpreter.
-    pub executable: Option<String>,
-    pub args: Vec<String>,
+    pub executable: Option<Arc<str>>,
+    pub args: Arc<[String]>,
     pub args_truncated: bool,
-    pub cwd: Option<String>,
+    pub cwd: Option<Arc<str>>,
 }
 
 pub struct ProcessCache {
@@ -73,8 +74,7 @@ impl ProcessCache {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some(mut info) = read_proc(&self.proc_root, pid) {
-                self.redactor.redact(&mut info.args);
+            if let Some(info) = read_proc(&self.proc_root, pid, &self.redactor) {
                 self.insert(pid, info);
                 n += 1;
             }
@@ -139,34 +139,42 @@ impl ProcessCache {
     pub fn get(&mut self, pid: u32) -> Option<&ProcessInfo> {
         if !self.map.contains_key(&pid) {
             self.misses += 1;
-            let mut info = read_proc(&self.proc_root, pid)?;
-            self.redactor.redact(&mut info.args);
+            let info = read_proc(&self.proc_root, pid, &self.redactor)?;
             self.insert(pid, info);
         }
         self.map.get(&pid)
     }
 }
 
-fn read_proc(root: &Path, pid: u32) -> Option<ProcessInfo> {
+/// A process as /proc shows it, its argv redacted before it is stored.
+fn read_proc(root: &Path, pid: u32, redactor: &crate::pipeline::redact::Redactor) -> Option<ProcessInfo> {
     let dir = root.join(pid.to_string());
     let status = std::fs::read_to_string(dir.join("status")).ok()?;
     let ppid =
         status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-    let binary = std::fs::read_link(dir.join("exe")).ok().map(|p| {
+    let binary: Option<Arc<str>> = std::fs::read_link(dir.join("exe")).ok().map(|p| {
         use std::os::unix::ffi::OsStrExt;
-        lossless_string(p.as_os_str().as_bytes())
+        lossless_string(p.as_os_str().as_bytes()).into()
     });
     let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
     let mut args: Vec<String> = cmdline.split(|&c| c == 0).map(lossless_string).collect();
     if args.last().is_some_and(|a| a.is_empty()) {
         args.pop();
     }
+    redactor.redact(&mut args);
     let cwd = std::fs::read_link(dir.join("cwd")).ok().map(|p| {
         use std::os::unix::ffi::OsStrExt;
-        lossless_string(p.as_os_str().as_bytes())
+        lossless_string(p.as_os_str().as_bytes()).into()
     });
     // /proc/PID/exe is the resolved executable; it is the best "binary" there is.
-    Some(ProcessInfo { ppid, executable: binary.clone(), binary, args, args_truncated: false, cwd })
+    Some(ProcessInfo {
+        ppid,
+        executable: binary.clone(),
+        binary,
+        args: args.into(),
+        args_truncated: false,
+        cwd,
+    })
 }
 
 #[cfg(test)]
