@@ -220,6 +220,9 @@ def main():
                 inst = configs[name]()
                 agent = name in agents
                 if agent and r == 0:
+                    # At rest: the agent hands what start-up freed back to
+                    # the system once a second.
+                    time.sleep(2)
                     rss[(name, "at rest")] = inst.rss_mib()
                 for label, args in loops.items():
                     before = bpf_prog_stats() if agent else None
