@@ -330,54 +330,58 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         }
         Some(())
     })();
-    // The programs read the eight ids and the five capability sets in one read each.
+    // Layouts the programs rely on to read several fields at once; a kernel
+    // that differs loses the group, with the reason.
+    let mut laid_out = |ok: bool, what: String| {
+        if !ok {
+            missing.push(what);
+        }
+        ok
+    };
+    // The eight ids and the five capability sets in one read each.
     let creds = creds.filter(|&(fsgid, ambient)| {
-        let adjacent = fsgid == o.cred_uid + 28 && ambient == o.cred_caps + 32;
-        if !adjacent {
-            missing.push(format!(
+        laid_out(
+            fsgid == o.cred_uid + 28 && ambient == o.cred_caps + 32,
+            format!(
                 "cred ids and capability sets side by side (uid at {}, fsgid at {fsgid}, cap_inheritable at {}, cap_ambient at {ambient})",
                 o.cred_uid, o.cred_caps
-            ));
-        }
-        adjacent
+            ),
+        )
     });
-    // The programs read d_parent and d_name's len and name in one go, and a
-    // `struct path` as (mnt, dentry) in one read.
+    // d_parent and d_name's len and name in one go; a `struct path` as (mnt, dentry) in one read.
     let paths = paths.filter(|_| {
-        let adjacent = o.dentry_name == o.dentry_parent + 8 && o.qstr_len == 4 && o.qstr_name == 8;
-        if !adjacent {
-            missing.push(format!(
+        let dentry = laid_out(
+            o.dentry_name == o.dentry_parent + 8 && o.qstr_len == 4 && o.qstr_name == 8,
+            format!(
                 "dentry.d_name right after d_parent (d_parent at {}, d_name at {}, qstr.len at {}, qstr.name at {})",
                 o.dentry_parent, o.dentry_name, o.qstr_len, o.qstr_name
-            ));
-        }
-        let path = o.path_mnt == 0 && o.path_dentry == 8;
-        if !path {
-            missing.push(format!("path.mnt then path.dentry (at {} and {})", o.path_mnt, o.path_dentry));
-        }
-        adjacent && path
+            ),
+        );
+        let path = laid_out(
+            o.path_mnt == 0 && o.path_dentry == 8,
+            format!("path.mnt then path.dentry (at {} and {})", o.path_mnt, o.path_dentry),
+        );
+        dentry && path
     });
-    // fdtable.max_fds and fdtable.fd are read in one go.
+    // fdtable.max_fds and fdtable.fd in one read.
     let files = files.filter(|_| {
-        let adjacent = o.fdtable_fd == o.fdtable_max_fds + 8;
-        if !adjacent {
-            missing.push(format!(
+        laid_out(
+            o.fdtable_fd == o.fdtable_max_fds + 8,
+            format!(
                 "fdtable.fd a word after max_fds (max_fds at {}, fd at {})",
                 o.fdtable_max_fds, o.fdtable_fd
-            ));
-        }
-        adjacent
+            ),
+        )
     });
     // The walk reads d_inode with d_parent and d_name (`DentryLink`).
     let identity = identity.filter(|_| {
-        let adjacent = o.dentry_inode == o.dentry_name + 16;
-        if !adjacent {
-            missing.push(format!(
+        laid_out(
+            o.dentry_inode == o.dentry_name + 16,
+            format!(
                 "dentry.d_inode right after d_name (d_name at {}, d_inode at {})",
                 o.dentry_name, o.dentry_inode
-            ));
-        }
-        adjacent
+            ),
+        )
     });
     for (found, bit) in [
         (task, offsets::TASK),
