@@ -93,7 +93,7 @@ fn ipv4_mapped_ipv6_connects_meet_ipv4_deny_rules() {
     );
     let e = agent.expect_one("denied connect", |e| e.process.pid == pid && e.kind == Kind::Connect);
     let n = e.network.as_ref().expect("network");
-    assert_eq!((n.result.as_str(), n.dst.port), ("EPERM", dp));
+    assert_eq!((&*n.result, n.dst.port), ("EPERM", dp));
     assert_eq!(e.action.as_deref(), Some("deny"));
     drop(denied);
 }
@@ -184,7 +184,7 @@ fn handle_and_io_uring_opens_meet_file_kill_rules() {
         assert_eq!(status.signal(), Some(9), "{trick}: must be killed (10: it read the file): {status:?}");
         let e = agent.expect_one(trick, |e| e.process.pid == pid && e.kind == Kind::File);
         let f = e.file.as_ref().expect("file");
-        assert_eq!((f.path.as_str(), f.syscall.as_str()), ("/etc/shadow", syscall), "{trick}");
+        assert_eq!((f.path.as_str(), &*f.syscall), ("/etc/shadow", syscall), "{trick}");
         assert_eq!(f.requested, None, "{trick}: no path string was passed");
         assert_eq!(e.action.as_deref(), Some("kill"), "{trick}");
         assert_eq!(e.matched_on.as_deref(), Some("path"), "{trick}");
@@ -405,7 +405,7 @@ fn reads_through_inherited_descriptors_meet_file_kill_rules() {
         );
         let e = agent.expect_one(how, |e| e.process.pid == pid && e.kind == Kind::File);
         let f = e.file.as_ref().expect("file");
-        assert_eq!((f.path.as_str(), f.syscall.as_str()), ("/etc/shadow", syscall), "{how}");
+        assert_eq!((f.path.as_str(), &*f.syscall), ("/etc/shadow", syscall), "{how}");
         assert_eq!((e.action.as_deref(), e.matched_on.as_deref()), (Some("kill"), Some("identity")), "{how}");
     }
     // Another file through the same kind of descriptor is not touched.
@@ -493,6 +493,6 @@ fn io_uring_reads_meet_file_kill_rules_where_bpf_lsm_runs() {
     assert_eq!(status.signal(), Some(9), "an io_uring read of a guarded file (10: it read): {status:?}");
     let e = agent.expect_one("io_uring read", |e| e.process.pid == pid && e.kind == Kind::File);
     let f = e.file.as_ref().expect("file");
-    assert_eq!((f.path.as_str(), f.syscall.as_str()), (path.as_str(), "io_uring_read"));
+    assert_eq!((f.path.as_str(), &*f.syscall), (path.as_str(), "io_uring_read"));
     assert_eq!((e.action.as_deref(), e.matched_on.as_deref()), (Some("kill"), Some("identity")));
 }

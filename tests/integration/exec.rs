@@ -31,7 +31,7 @@ fn exec_of_cat_has_binary_args_parent_and_exit_codes() {
             && e.file.as_ref().is_some_and(|f| f.path == "/etc/passwd")
     });
     let f = open.file.as_ref().expect("file");
-    assert_eq!((f.operation.as_str(), f.result.as_str()), ("read", "ok"));
+    assert_eq!((&*f.operation, &*f.result), ("read", "ok"));
     assert!(ends_with(&open.process.binary, "/cat"));
     assert_eq!(open.process.args[..], ["/bin/cat", "/etc/passwd"]);
 

@@ -21,7 +21,7 @@ fn relative_paths_come_out_absolute() {
     let agent = Agent::start();
     let (bash, _) = bash_in(None, "cd /etc && cat shadow >/dev/null");
     let e = opens_by(&agent, bash, "/etc/shadow");
-    assert_eq!(e.file.as_ref().map(|f| f.result.as_str()), Some("ok"));
+    assert_eq!(e.file.as_ref().map(|f| &*f.result), Some("ok"));
     assert_eq!(e.process.cwd.as_deref(), Some("/etc"));
 
     let (bash, _) = bash_in(None, "cd /tmp && cat ../etc/shadow >/dev/null");
@@ -68,9 +68,9 @@ os.close(os.open("{d}/appended", os.O_RDWR | os.O_TRUNC))
     let f = by("/etc/hostname".into(), "openat", "read");
     assert_eq!(f.result, "ok");
     let f = by(format!("{d}/created-by-creat"), "creat", "create");
-    assert!(f.flags.contains(&"O_TRUNC".to_owned()), "{:?}", f.flags);
+    assert!(f.flags.iter().any(|f| f == "O_TRUNC"), "{:?}", f.flags);
     let f = by(format!("{d}/made-by-openat2"), "openat2", "create");
-    assert!(f.flags.contains(&"O_WRONLY".to_owned()));
+    assert!(f.flags.iter().any(|f| f == "O_WRONLY"));
     by(format!("{d}/appended"), "openat", "write");
     by(format!("{d}/appended"), "openat", "truncate");
 }
@@ -87,7 +87,7 @@ fn refused_open_reports_errno() {
         e.process.pid == pid && e.file.as_ref().is_some_and(|f| f.path == "/etc/shadow")
     });
     let f = e.file.expect("file");
-    assert_eq!((f.result.as_str(), f.errno), ("EACCES", Some(13)));
+    assert_eq!((&*f.result, f.errno), ("EACCES", Some(13)));
     assert_eq!(f.fd, None);
     assert_eq!(e.process.uid, 65534);
 }

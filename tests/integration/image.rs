@@ -479,7 +479,7 @@ fn image_runs_as_the_daemonset_says() {
     let p = exec.pod.as_ref().expect("pod");
     assert_eq!(p.name.as_deref(), Some(pod_name));
     assert_eq!(p.namespace.as_deref(), Some("default"));
-    assert_eq!(exec.node, NODE, "node name from the downward API env");
+    assert_eq!(&*exec.node, NODE, "node name from the downward API env");
     c.expect_event("file read in the pod", |e| {
         in_pod(e) && e.kind.as_str() == "file" && e.file.as_ref().is_some_and(|f| f.path == "/etc/passwd")
     });

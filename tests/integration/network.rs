@@ -37,7 +37,7 @@ fn round_trip(bind: &str, family: &str) {
 
     let connect = agent.expect_one("connect", |e| e.kind == Kind::Connect && e.process.pid == pid);
     let n = connect.network.as_ref().expect("network");
-    assert_eq!((n.protocol.as_str(), n.family.as_str(), n.direction.as_str()), ("tcp", family, "egress"));
+    assert_eq!((&*n.protocol, &*n.family, &*n.direction), ("tcp", family, "egress"));
     assert_eq!((n.src.address.as_str(), n.src.port), (addr, client_port));
     assert_eq!((n.dst.address.as_str(), n.dst.port), (addr, port));
     assert_eq!(n.result, "ok");
@@ -90,7 +90,7 @@ fn refused_connect_reports_the_errno() {
     assert!(status.success());
     let e = agent.expect_one("refused connect", |e| e.kind == Kind::Connect && e.process.pid == pid);
     let n = e.network.expect("network");
-    assert_eq!((n.result.as_str(), n.dst.port), ("ECONNREFUSED", port));
+    assert_eq!((&*n.result, n.dst.port), ("ECONNREFUSED", port));
     // A refused connect never became a connection: no close event for it.
     assert!(agent.drain(|e| e.kind == Kind::Close && e.process.pid == pid).is_empty());
 }
@@ -109,6 +109,6 @@ fn udp_destinations_connected_and_unconnected() {
     for kind in [Kind::Send, Kind::Connect] {
         let e = agent.expect_one(kind.as_str(), |e| e.kind == kind && e.process.pid == pid);
         let n = e.network.expect("network");
-        assert_eq!((n.protocol.as_str(), n.dst.address.as_str(), n.dst.port), ("udp", "127.0.0.1", port));
+        assert_eq!((&*n.protocol, n.dst.address.as_str(), n.dst.port), ("udp", "127.0.0.1", port));
     }
 }

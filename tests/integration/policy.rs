@@ -132,7 +132,7 @@ fn deny_policy_refuses_connects_with_eperm() {
     assert_eq!(status.code(), Some(0), "denied connect must fail with EPERM, allowed one succeed");
     let e = agent.expect_one("denied connect", |e| e.process.pid == pid && e.kind == Kind::Connect);
     let n = e.network.as_ref().expect("network");
-    assert_eq!((n.result.as_str(), n.dst.port), ("EPERM", dp));
+    assert_eq!((&*n.result, n.dst.port), ("EPERM", dp));
     assert_eq!(e.action.as_deref(), Some("deny"));
     // The same connect from the host (not selected) goes through.
     let host_script = format!("import socket\nsocket.create_connection(('127.0.0.1', {dp})).close()\n");

@@ -89,7 +89,7 @@ fn privilege_changes_are_reported_before_and_after() {
     });
     assert_eq!(steps.len(), 2, "two setresuid changes: {steps:?}");
     let (down, up) = (privilege(&steps[0]), privilege(&steps[1]));
-    assert_eq!((down.syscall.as_str(), down.result.as_str()), ("setresuid", "ok"));
+    assert_eq!((&*down.syscall, &*down.result), ("setresuid", "ok"));
     assert_eq!((down.before.euid, down.after.euid, down.after.uid), (0, 65534, 0));
     assert!(has(&down.capabilities_lost, "CAP_SYS_ADMIN") && down.after.capabilities_effective.is_empty());
     assert_eq!((up.before.euid, up.after.euid), (65534, 0));
@@ -103,7 +103,7 @@ fn privilege_changes_are_reported_before_and_after() {
         e.kind == Kind::Privilege && e.process.pid == pid && privilege(e).syscall == "setuid"
     });
     let p = privilege(&e);
-    assert_eq!((p.result.as_str(), p.errno), ("EPERM", Some(1)), "{p:?}");
+    assert_eq!((&*p.result, p.errno), ("EPERM", Some(1)), "{p:?}");
     assert_eq!((p.before.uid, p.after.uid, p.after.euid), (65534, 65534, 65534), "{p:?}");
 
     // setpriv to another user: real and effective ids change.

@@ -161,7 +161,7 @@ fn compact_line(ev: &Event) -> String {
             let Some(f) = &ev.file else {
                 return format!("📬 open    {who} {}", command(ev));
             };
-            let (icon, word) = match f.operation.as_str() {
+            let (icon, word) = match f.operation.as_ref() {
                 "read" => ("📚", "read    "),
                 "write" => ("📝", "write   "),
                 "create" => ("✨", "create  "),
@@ -235,7 +235,7 @@ mod tests {
 
     fn ev(kind: Kind) -> Event {
         Event {
-            time: "t".into(),
+            time: Timestamp(std::time::UNIX_EPOCH),
             node: "n".into(),
             kind,
             process: Process {

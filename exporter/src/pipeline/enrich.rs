@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Instant, UNIX_EPOCH},
 };
 
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use crate::{
         decode::{Payload, Record},
         event::{
             errno_name, exit_status, lossless_string, Cgroup, Container, Credentials, Endpoint, Event, File,
-            Kind, Network, Parent, Pod, PrivilegeChange, Process,
+            Kind, Name, Network, Parent, Pod, PrivilegeChange, Process, Timestamp,
         },
         names::{capability_names, change_name, file_op_name, privilege_syscall_name, BinaryNames},
         proc_cache::{ProcessCache, ProcessInfo},
@@ -32,7 +32,7 @@ use crate::{
 };
 
 pub struct Enricher {
-    pub node: String,
+    pub node: Arc<str>,
     pub procs: ProcessCache,
     /// Shared with /metrics, which labels counters by the same cgroup → pod map.
     pub cgroups: Arc<Mutex<CgroupResolver>>,
@@ -79,7 +79,7 @@ impl Enricher {
     ) -> Enricher {
         let boot_to_unix_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
         Enricher {
-            node,
+            node: node.into(),
             procs,
             cgroups,
             pods,
@@ -91,14 +91,9 @@ impl Enricher {
         }
     }
 
-    fn time(&self, ktime_ns: u64) -> String {
+    fn time(&self, ktime_ns: u64) -> Timestamp {
         let ns = (self.boot_to_unix_ns + ktime_ns as i128).max(0) as u128;
-        let t = UNIX_EPOCH + std::time::Duration::from_nanos(ns.min(u64::MAX as u128) as u64);
-        humantime::format_rfc3339_nanos(t).to_string()
-    }
-
-    pub fn now_time(&self) -> String {
-        humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+        Timestamp(UNIX_EPOCH + std::time::Duration::from_nanos(ns.min(u64::MAX as u128) as u64))
     }
 
     fn process(&mut self, h: &Header) -> Process {
@@ -178,14 +173,14 @@ impl Enricher {
             matched_on: None,
             encoded: Default::default(),
         };
-        ev.matched_on = matched_on(h.flags, h.rule).map(str::to_owned);
+        ev.matched_on = matched_on(h.flags, h.rule).map(Name::Borrowed);
         if h.rule != 0 {
             if let Some(info) = self.rules.get(h.rule) {
                 ev.policy = Some(info.policy);
                 ev.rule = Some(info.rule);
             }
         }
-        ev.action = Action::name_of(h.action).map(str::to_owned);
+        ev.action = Action::name_of(h.action).map(Name::Borrowed);
         ev
     }
 
@@ -288,7 +283,7 @@ impl Enricher {
                 ev.file = Some(File {
                     path: abs,
                     requested,
-                    operation: file_op_name(file_op(oflags)).to_owned(),
+                    operation: file_op_name(file_op(oflags)).into(),
                     flags: open_flag_names(oflags),
                     syscall: match syscall {
                         open_syscall::OPEN => "open",
@@ -310,8 +305,8 @@ impl Enricher {
                         open_syscall::MMAP => "mmap",
                         _ => "unknown",
                     }
-                    .to_owned(),
-                    result: if ret >= 0 { "ok".to_owned() } else { errno_name(errno_of(ret)) },
+                    .into(),
+                    result: if ret >= 0 { "ok".into() } else { errno_name(errno_of(ret)) },
                     errno: (ret < 0).then_some(errno_of(ret)),
                     fd: (ret >= 0).then_some(ret),
                     path_truncated: h.flags & (flags::PATH_TRUNCATED | flags::DIR_TRUNCATED) != 0,
@@ -384,9 +379,9 @@ fn privilege_change(p: &podwatch_common::Privilege) -> PrivilegeChange {
     let (eb, ea) = (b.caps[capset::EFFECTIVE], a.caps[capset::EFFECTIVE]);
     let changed: Vec<usize> = (0..ns::COUNT).filter(|&i| b.ns[i] != a.ns[i]).collect();
     PrivilegeChange {
-        change: change_name(p.change).to_owned(),
-        syscall: privilege_syscall_name(p.syscall).to_owned(),
-        result: if p.ret >= 0 { "ok".to_owned() } else { errno_name(errno_of(p.ret)) },
+        change: change_name(p.change).into(),
+        syscall: privilege_syscall_name(p.syscall).into(),
+        result: if p.ret >= 0 { "ok".into() } else { errno_name(errno_of(p.ret)) },
         errno: (p.ret < 0).then_some(errno_of(p.ret)),
         before: credentials(b),
         after: credentials(a),
@@ -439,19 +434,19 @@ fn network(k: u16, n: &Net) -> Network {
     let (src, dst) = if ingress { (remote, local) } else { (local, remote) };
     let close = k == kind::TCP_CLOSE;
     Network {
-        protocol: if n.protocol == IPPROTO_UDP { "udp" } else { "tcp" }.to_owned(),
-        family: if n.family == AF_INET6 { "ipv6" } else { "ipv4" }.to_owned(),
-        direction: if ingress { "ingress" } else { "egress" }.to_owned(),
+        protocol: if n.protocol == IPPROTO_UDP { "udp" } else { "tcp" }.into(),
+        family: if n.family == AF_INET6 { "ipv6" } else { "ipv4" }.into(),
+        direction: if ingress { "ingress" } else { "egress" }.into(),
         src,
         dst,
-        result: if n.result == 0 { "ok".to_owned() } else { errno_name(errno_of(n.result)) },
+        result: if n.result == 0 { "ok".into() } else { errno_name(errno_of(n.result)) },
         bytes_sent: close.then_some(n.bytes_sent),
         bytes_received: close.then_some(n.bytes_received),
     }
 }
 
 const O_ACCMODE: u64 = 0o3;
-pub fn open_flag_names(f: u64) -> Vec<String> {
+pub fn open_flag_names(f: u64) -> Vec<Name> {
     const NAMES: [(u64, &str); 17] = [
         (0o100, "O_CREAT"),
         (0o200, "O_EXCL"),
@@ -476,8 +471,8 @@ pub fn open_flag_names(f: u64) -> Vec<String> {
         1 => "O_WRONLY",
         _ => "O_RDWR",
     }
-    .to_owned()];
-    out.extend(NAMES.iter().filter(|(bit, _)| f & bit == *bit).map(|(_, n)| (*n).to_owned()));
+    .into()];
+    out.extend(NAMES.iter().filter(|(bit, _)| f & bit == *bit).map(|(_, n)| Name::Borrowed(n)));
     out
 }
 
@@ -650,7 +645,7 @@ mod tests {
         n.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         n.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
         let a = network(kind::TCP_ACCEPT, &n);
-        assert_eq!((a.direction.as_str(), a.src.port, a.dst.port), ("ingress", 5555, 8080));
+        assert_eq!((a.direction.as_ref(), a.src.port, a.dst.port), ("ingress", 5555, 8080));
         assert_eq!(a.src.address, "127.0.0.2");
         n.side = kind::TCP_ACCEPT;
         let c = network(kind::TCP_CLOSE, &n);
@@ -658,7 +653,7 @@ mod tests {
         assert_eq!(c.bytes_sent, Some(0));
         n.side = kind::TCP_CONNECT;
         let c = network(kind::TCP_CONNECT, &n);
-        assert_eq!((c.direction.as_str(), c.src.port, c.dst.port), ("egress", 8080, 5555));
+        assert_eq!((c.direction.as_ref(), c.src.port, c.dst.port), ("egress", 8080, 5555));
         assert_eq!(c.bytes_sent, None);
     }
 }

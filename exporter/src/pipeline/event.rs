@@ -2,7 +2,11 @@
 //! know: `time, node, kind, process{..., parent}, pod{...}` plus the kind's own
 //! object (`file`, `network`, `exit`).
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    borrow::Cow,
+    sync::{Arc, OnceLock},
+    time::SystemTime,
+};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -53,11 +57,48 @@ impl Kind {
     }
 }
 
+/// A name from a fixed set (an operation, a flag, a syscall, an errno, an
+/// action): static for the events the agent builds, so an event costs no
+/// allocation per name; owned only when an event is read back from JSON.
+pub type Name = Cow<'static, str>;
+
+/// When the event happened. Kept as a time, written as RFC 3339 with
+/// nanoseconds in UTC: the JSON line formats it without an intermediate
+/// string and the sinks that need nanoseconds (Loki, OTLP) take them as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp(SystemTime::now())
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_rfc3339_nanos(self.0).fmt(f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let s = Cow::<str>::deserialize(d)?;
+        humantime::parse_rfc3339(&s).map(Timestamp).map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// RFC 3339, nanoseconds, UTC.
-    pub time: String,
-    pub node: String,
+    pub time: Timestamp,
+    /// Shared by every event of the agent.
+    pub node: Arc<str>,
     pub kind: Kind,
     pub process: Process,
     /// Absent for host processes. Shared by every event of the cgroup
@@ -75,12 +116,12 @@ pub struct Event {
     pub privilege: Option<PrivilegeChange>,
     /// The policy whose rule matched, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
+    pub policy: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// What the rule did: count | log | kill | deny.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
+    pub action: Option<Name>,
     /// How the kernel judged the event, when a policy applied: `path` (the
     /// resolved path of the file), `executable` (an exec judged on the
     /// resolved path of the file that runs rather than the path it was
@@ -89,7 +130,7 @@ pub struct Event {
     /// `unresolved` (the path could not be resolved or compared, so the event
     /// is logged as such instead of passing unmatched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub matched_on: Option<String>,
+    pub matched_on: Option<Name>,
     /// The JSON line, encoded once and shared (see [`Event::json_line`]).
     #[serde(skip)]
     pub encoded: EncodedOnce,
@@ -104,7 +145,8 @@ impl Event {
         self.encoded
             .0
             .get_or_init(|| {
-                let mut line = serde_json::to_vec(self).ok()?;
+                let mut line = Vec::with_capacity(1024);
+                serde_json::to_writer(&mut line, self).ok()?;
                 line.push(b'\n');
                 Some(Bytes::from(line))
             })
@@ -202,11 +244,11 @@ pub struct Credentials {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrivilegeChange {
     /// setuid | setgid | capset | unshare | setns | exec
-    pub change: String,
+    pub change: Name,
     /// The syscall (setresuid, capset, unshare, setns, execve...).
-    pub syscall: String,
+    pub syscall: Name,
     /// "ok" or the errno name (EPERM...).
-    pub result: String,
+    pub result: Name,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
     pub before: Credentials,
@@ -272,11 +314,11 @@ pub struct File {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested: Option<String>,
     /// read | write | create | truncate | open (O_PATH).
-    pub operation: String,
-    pub flags: Vec<String>,
-    pub syscall: String,
+    pub operation: Name,
+    pub flags: Vec<Name>,
+    pub syscall: Name,
     /// "ok" or the errno name (EACCES...).
-    pub result: String,
+    pub result: Name,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -294,17 +336,17 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Network {
     /// tcp | udp
-    pub protocol: String,
+    pub protocol: Name,
     /// ipv4 | ipv6
-    pub family: String,
+    pub family: Name,
     /// egress (this process initiated) | ingress (this process accepted).
-    pub direction: String,
+    pub direction: Name,
     /// Initiator of the connection.
     pub src: Endpoint,
     /// Target of the connection.
     pub dst: Endpoint,
     /// "ok" or the errno name (ECONNREFUSED...).
-    pub result: String,
+    pub result: Name,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_sent: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -354,7 +396,7 @@ pub fn lossless_string(b: &[u8]) -> String {
     }
 }
 
-pub fn errno_name(errno: i32) -> String {
+pub fn errno_name(errno: i32) -> Name {
     let name = match errno {
         1 => "EPERM",
         2 => "ENOENT",
@@ -384,9 +426,9 @@ pub fn errno_name(errno: i32) -> String {
         110 => "ETIMEDOUT",
         111 => "ECONNREFUSED",
         113 => "EHOSTUNREACH",
-        _ => return format!("E{errno}"),
+        _ => return Cow::Owned(format!("E{errno}")),
     };
-    name.to_owned()
+    Cow::Borrowed(name)
 }
 
 pub fn signal_name(sig: u32) -> String {
@@ -444,6 +486,21 @@ mod tests {
         other.process.pid = 8;
         let back: Event = serde_json::from_slice(other.json_line().expect("encodes")).expect("reads back");
         assert_eq!(back.process.pid, 8);
+    }
+
+    #[test]
+    fn times_are_written_in_rfc3339_nanoseconds_and_malformed_ones_are_refused() {
+        let t = "2026-11-22T17:57:57.192572679Z";
+        let ev = crate::outputs::sinks::testdata::exec_in_pod(1, t);
+        let v: serde_json::Value = serde_json::from_str(ev.json().expect("encodes")).expect("JSON");
+        assert_eq!(v["time"], t);
+        // Whole seconds keep their nine digits, as every event's time does.
+        let ev = crate::outputs::sinks::testdata::exec_in_pod(1, "2026-01-01T00:00:00Z");
+        assert!(ev.json().expect("encodes").starts_with(r#"{"time":"2026-01-01T00:00:00.000000000Z","#));
+        let mut v = serde_json::to_value(&*ev).expect("encodes");
+        v["time"] = "yesterday".into();
+        let err = serde_json::from_value::<Event>(v).expect_err("not a time");
+        assert!(err.to_string().contains("time") || err.to_string().contains("invalid"), "{err}");
     }
 
     #[test]

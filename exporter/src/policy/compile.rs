@@ -5,7 +5,7 @@
 //! the `/etc/ssh/` entry), minus rules with an `except` prefix of it. A lookup
 //! then sees all rules that apply to the key with one map access.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use podwatch_common::{
     identity,
@@ -51,8 +51,8 @@ impl Prefix {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleInfo {
     pub id: u16,
-    pub policy: String,
-    pub rule: String,
+    pub policy: Arc<str>,
+    pub rule: Arc<str>,
     pub action: Action,
 }
 
@@ -271,7 +271,12 @@ pub fn compile(policies: &[Policy], first_rule_id: u16) -> Result<Compiled, Stri
                     }
                 }
             }
-            rules.push(RuleInfo { id, policy: p.name.clone(), rule: rule.name.clone(), action: rule.action });
+            rules.push(RuleInfo {
+                id,
+                policy: p.name.as_str().into(),
+                rule: rule.name.as_str().into(),
+                action: rule.action,
+            });
             id = id.checked_add(1).unwrap_or(1);
         }
     }

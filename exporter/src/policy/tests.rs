@@ -143,7 +143,7 @@ fn compiled_tries_carry_every_applicable_rule() {
     assert_eq!(rules(b"/etcetera\0"), Vec::<u16>::new());
     let rev: Vec<u8> = b"/srv/tls/server.key".iter().rev().copied().collect();
     assert_eq!(lookup(&c.file_suffixes, &rev).map(|s| s.refs[0].rule), Some(12));
-    assert_eq!(c.rules.iter().map(|r| r.rule.as_str()).collect::<Vec<_>>(), vec!["etc", "ssh", "keys"]);
+    assert_eq!(c.rules.iter().map(|r| &*r.rule).collect::<Vec<_>>(), vec!["etc", "ssh", "keys"]);
 }
 
 #[test]

@@ -90,7 +90,7 @@ impl Metrics {
             let mut l = self.base(p);
             let rule = (k.rule != 0).then(|| self.rules.get(k.rule)).flatten();
             let policy_name = match (&rule, k.rule) {
-                (Some(r), _) => r.policy.clone(),
+                (Some(r), _) => r.policy.to_string(),
                 (None, 0) => String::new(),
                 (None, id) => format!("rule-{id}"),
             };
@@ -100,7 +100,7 @@ impl Metrics {
             };
             if k.rule != 0 && !matches!(k.kind, counter::LOST | counter::RECORD | counter::CLOSE) {
                 let rule_name =
-                    rule.as_ref().map(|r| r.rule.clone()).unwrap_or_else(|| format!("rule-{}", k.rule));
+                    rule.as_ref().map(|r| r.rule.to_string()).unwrap_or_else(|| format!("rule-{}", k.rule));
                 matches.add(
                     vec![
                         ("policy", policy_name.clone()),
