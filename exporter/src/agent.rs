@@ -150,7 +150,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     );
     *state.metrics.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(metrics.clone());
 
-    let out = output::spawn(cfg.output.clone(), cfg.queue_capacity, stats.clone())?;
+    let out = output::spawn(cfg.output.clone(), cfg.queue_capacity, cfg.queue_bytes, stats.clone())?;
     let sinks = Arc::new(Sinks::start(&cfg.sinks, &cfg.node_name).context("starting the event sinks")?);
     if let Ok(mut s) = metrics.sinks.lock() {
         *s = Some(sinks.clone());

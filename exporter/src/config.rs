@@ -88,6 +88,11 @@ pub struct RunArgs {
     /// (YAML: queue_capacity). Default 65536.
     #[arg(long, env = "PODWATCH_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
+    /// Memory the local output's queue may hold, in bytes, before new events
+    /// are dropped and counted (YAML: queue_bytes). Default 8 MiB (a file
+    /// event is about 1.5 KiB). Bounds the agent's memory under a backlog.
+    #[arg(long, env = "PODWATCH_QUEUE_BYTES")]
+    pub queue_bytes: Option<usize>,
     /// Processes remembered (YAML: process_cache.capacity). Default 65536.
     #[arg(long, env = "PODWATCH_PROCESS_CACHE_CAPACITY")]
     pub process_cache_capacity: Option<usize>,
@@ -148,6 +153,7 @@ struct FileConfig {
     output: Option<FileOutput>,
     ring_buffer_bytes: Option<u32>,
     queue_capacity: Option<usize>,
+    queue_bytes: Option<usize>,
     process_cache: Option<FileProcessCache>,
     log: Option<FileLog>,
     metrics: Option<FileMetrics>,
@@ -220,6 +226,7 @@ pub struct AgentConfig {
     pub output: OutputTarget,
     pub ring_buffer_bytes: u32,
     pub queue_capacity: usize,
+    pub queue_bytes: usize,
     pub process_cache_capacity: usize,
     pub exited_linger: Duration,
     pub log_format: LogFormat,
@@ -314,6 +321,10 @@ impl RunArgs {
         if queue_capacity == 0 {
             bail!("queue_capacity must be at least 1");
         }
+        let queue_bytes = self.queue_bytes.or(file.queue_bytes).unwrap_or(8 << 20);
+        if queue_bytes < 64 << 10 {
+            bail!("queue_bytes must be at least 65536 (64 KiB), not {queue_bytes}");
+        }
         let metric_labels = match self.metrics_labels.clone().or(fm.labels) {
             Some(names) => LabelConfig::from_names(&names).map_err(anyhow::Error::msg)?,
             None => LabelConfig::default(),
@@ -361,6 +372,7 @@ impl RunArgs {
             output,
             ring_buffer_bytes: ring,
             queue_capacity,
+            queue_bytes,
             process_cache_capacity: self.process_cache_capacity.or(fp.capacity).unwrap_or(65536),
             exited_linger: Duration::from_secs(fp.exited_linger_seconds.unwrap_or(30)),
             log_format: self.log_format.or(fl.format).unwrap_or(LogFormat::Text),
@@ -387,14 +399,16 @@ mod tests {
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.listen.port(), DEFAULT_PORT);
         assert_eq!(c.ring_buffer_bytes, 16 << 20);
+        assert_eq!((c.queue_capacity, c.queue_bytes), (65536, 8 << 20));
     }
 
     #[test]
     fn file_then_flags() {
         let (_f, mut args) = with_file(
-            "node_name: n1\nlisten: 0.0.0.0:9999\noutput:\n  kind: file\n  path: /tmp/x.jsonl\n  max_files: 2\nring_buffer_bytes: 65536\n",
+            "node_name: n1\nlisten: 0.0.0.0:9999\noutput:\n  kind: file\n  path: /tmp/x.jsonl\n  max_files: 2\nring_buffer_bytes: 65536\nqueue_bytes: 1048576\n",
         );
         let c = args.resolve().expect("resolve");
+        assert_eq!(c.queue_bytes, 1 << 20);
         assert_eq!(c.node_name, "n1");
         assert_eq!(c.listen.port(), 9999);
         assert!(matches!(c.output, OutputTarget::File { max_files: 2, .. }));
@@ -413,6 +427,8 @@ mod tests {
         assert!(e.contains("nodename"), "{e}");
         let (_f, args) = with_file("ring_buffer_bytes: 1000\n");
         assert!(format!("{:#}", args.resolve().expect_err("not pow2")).contains("power of two"));
+        let (_f, args) = with_file("queue_bytes: 100\n");
+        assert!(format!("{:#}", args.resolve().expect_err("too small")).contains("queue_bytes"));
         let (_f, args) = with_file("output: {kind: file}\n");
         assert!(format!("{:#}", args.resolve().expect_err("no path")).contains("output-file"));
         let (_f, args) = with_file("metrics: {labels: [namespace, colour]}\n");
