@@ -176,19 +176,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
 
     let mut reader = Reader::new(events, enricher, stats.clone())?;
-    let fanout = Fanout { local: out, sinks, live: events_tx };
+    let mut fanout = Fanout { local: out, sinks, live: events_tx };
     state.ready.store(true, Relaxed);
     info!(node = %cfg.node_name, "sensors ready");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            r = reader.read_batch(&fanout) => r?,
+            r = reader.read_batch(&mut fanout) => r?,
             _ = tokio::signal::ctrl_c() => { info!("interrupted"); break; }
             _ = sigterm.recv() => { info!("terminated"); break; }
         }
     }
-    reader.drain(&fanout);
+    reader.drain(&mut fanout);
     let Fanout { local: out, sinks, .. } = fanout;
     state.ready.store(false, Relaxed);
     housekeeping.abort();

@@ -29,6 +29,11 @@ pub struct Fanout {
 /// wakeup_bytes), so this bounds how late a quiet node's events are.
 pub const POLL: Duration = Duration::from_millis(10);
 
+/// Events handed to the local output at once, at most: large enough that
+/// the output thread wakes rarely, small enough that it never waits long
+/// on a drain that keeps finding records.
+const BATCH: usize = 512;
+
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     tick: tokio::time::Interval,
@@ -49,7 +54,7 @@ impl Reader {
 
     /// Waits until the kernel wakes the reader or the poll interval passes,
     /// then drains the ring buffer into `out`.
-    pub async fn read_batch(&mut self, out: &Fanout) -> anyhow::Result<()> {
+    pub async fn read_batch(&mut self, out: &mut Fanout) -> anyhow::Result<()> {
         tokio::select! {
             guard = self.ring.readable_mut() => {
                 // Cleared before draining: a record committed during the drain
@@ -67,7 +72,7 @@ impl Reader {
 
     /// Reads every record the ring buffer holds now (also at shutdown, so
     /// nothing committed before the stop is left behind).
-    pub fn drain(&mut self, out: &Fanout) {
+    pub fn drain(&mut self, out: &mut Fanout) {
         let rb = self.ring.get_mut();
         while let Some(item) = rb.next() {
             self.stats.records_read.fetch_add(1, Relaxed);
@@ -80,11 +85,16 @@ impl Reader {
                         out.local.offer(&ev, &self.stats);
                         out.sinks.offer(&ev);
                         let _ = out.live.send(ev);
+                        if out.local.batched() >= BATCH {
+                            // A drain lasts as long as producers keep up with it.
+                            out.local.flush();
+                        }
                     }
                 }
                 Err(e) => self.stats.decode_error(e),
             }
         }
+        out.local.flush();
     }
 
     /// Once a second: expire exited processes, publish cache sizes.
