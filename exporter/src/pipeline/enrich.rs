@@ -211,7 +211,7 @@ impl Enricher {
             }
             Payload::Privilege(p) => {
                 let mut ev = self.base(&h, Kind::Privilege);
-                ev.privilege = Some(privilege_change(&p));
+                ev.privilege = Some(Box::new(privilege_change(&p)));
                 Some(ev)
             }
             Payload::Exec { filename, cwd, executable, creds, .. } if h.flags & flags::EXEC_DENIED != 0 => {
@@ -226,7 +226,7 @@ impl Enricher {
                 ev.process.binary = Some(binary.into());
                 ev.process.executable = executable.map(|e| lossless_string(&e).into());
                 ev.process.args = Vec::new().into();
-                ev.process.credentials = creds.map(|c| credentials(&c));
+                ev.process.credentials = creds.map(|c| Box::new(credentials(&c)));
                 Some(ev)
             }
             Payload::Exec { ppid, filename, args, cwd, executable, creds } => {
@@ -254,7 +254,7 @@ impl Enricher {
                     },
                 );
                 let mut ev = self.base(&h, Kind::Exec);
-                ev.process.credentials = creds.map(|c| credentials(&c));
+                ev.process.credentials = creds.map(|c| Box::new(credentials(&c)));
                 Some(ev)
             }
             Payload::Exit { exit_code } => {

@@ -113,7 +113,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub privilege: Option<PrivilegeChange>,
+    pub privilege: Option<Box<PrivilegeChange>>,
     /// The policy whose rule matched, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Arc<str>>,
@@ -163,7 +163,9 @@ impl Event {
         }
         let mut n = size_of::<Event>() + self.process.comm.len();
         if let Some(f) = &self.file {
-            n += f.path.len() + f.requested.as_ref().map_or(0, String::len) + f.flags.capacity() * size_of::<Name>();
+            n += f.path.len()
+                + f.requested.as_ref().map_or(0, String::len)
+                + f.flags.capacity() * size_of::<Name>();
         }
         if let Some(net) = &self.network {
             n += net.src.address.len() + net.dst.address.len();
@@ -176,7 +178,8 @@ impl Event {
                 + strings(&c.host_namespaces)
                 + c.namespaces.as_ref().map_or(0, |m| m.len() * 64)
         };
-        n += self.process.credentials.as_ref().map_or(0, creds);
+        n += size_of::<Credentials>() * self.process.credentials.is_some() as usize;
+        n += self.process.credentials.as_deref().map_or(0, creds);
         if let Some(p) = &self.privilege {
             n += size_of::<PrivilegeChange>() + creds(&p.before) + creds(&p.after);
         }
@@ -240,7 +243,7 @@ pub struct Process {
     pub parent: Option<Parent>,
     /// Exec events: what the new image runs with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials: Option<Credentials>,
+    pub credentials: Option<Box<Credentials>>,
 }
 
 /// Ids, capabilities (names) and namespaces (inode numbers) of a process.
