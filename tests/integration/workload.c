@@ -3,6 +3,7 @@
  *   workload exec N        fork + execve(self, "noop") N times
  *   workload noop          exit 0
  *   workload open N PATH [US]  open(PATH, O_RDONLY) + close, N times, US microseconds apart
+ *   workload open-rate N PATH RATE  the same at RATE opens per second (paced, not faster)
  *   workload read N PATH     open PATH once, then pread(2) one byte N times
  *   workload connect N PORT  N TCP connects to 127.0.0.1:PORT, each closed at once
  *   workload serve PORT      accept and close TCP connections on 127.0.0.1:PORT (0: any
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <errno.h>
 #include <linux/io_uring.h>
@@ -192,6 +194,26 @@ int main(int argc, char **argv) {
             if (fd < 0) return 1;
             close(fd);
             if (pause_us > 0) usleep((useconds_t)pause_us);
+        }
+        return 0;
+    }
+    if (strcmp(argv[1], "open-rate") == 0 && argc >= 5) {
+        double rate = strtod(argv[4], NULL);
+        struct timespec t0, now;
+        if (rate <= 0) return 2;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (long i = 0; i < n; i++) {
+            int fd = open(argv[3], O_RDONLY);
+            if (fd < 0) return 1;
+            close(fd);
+            if (i % 64 != 63) continue;
+            /* Ahead of schedule: sleep until the next open is due. */
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            double ahead = (i + 1) / rate - ((now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9);
+            if (ahead > 0) {
+                struct timespec d = {(time_t)ahead, (long)((ahead - (time_t)ahead) * 1e9)};
+                nanosleep(&d, NULL);
+            }
         }
         return 0;
     }
