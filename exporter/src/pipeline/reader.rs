@@ -73,21 +73,27 @@ impl Reader {
     /// Reads every record the ring buffer holds now (also at shutdown, so
     /// nothing committed before the stop is left behind).
     pub fn drain(&mut self, out: &mut Fanout) {
+        // Counted locally and published once per drain: an atomic add per
+        // record on a cache line /metrics also reads was a tenth of the
+        // reader's time under load (perf).
+        let (mut read, mut emitted) = (0u64, 0u64);
         let rb = self.ring.get_mut();
         while let Some(item) = rb.next() {
-            self.stats.records_read.fetch_add(1, Relaxed);
+            read += 1;
             match decode(&item) {
                 Ok(rec) => {
                     drop(item);
                     if let Some(ev) = self.enricher.enrich(rec) {
                         let ev = Arc::new(ev);
-                        self.stats.events_emitted.fetch_add(1, Relaxed);
+                        emitted += 1;
                         out.local.offer(&ev, &self.stats);
                         out.sinks.offer(&ev);
                         let _ = out.live.send(ev);
                         if out.local.batched() >= BATCH {
                             // A drain lasts as long as producers keep up with it.
                             out.local.flush();
+                            self.stats.records_read.fetch_add(std::mem::take(&mut read), Relaxed);
+                            self.stats.events_emitted.fetch_add(std::mem::take(&mut emitted), Relaxed);
                         }
                     }
                 }
@@ -95,6 +101,8 @@ impl Reader {
             }
         }
         out.local.flush();
+        self.stats.records_read.fetch_add(read, Relaxed);
+        self.stats.events_emitted.fetch_add(emitted, Relaxed);
     }
 
     /// Once a second: expire exited processes, publish cache sizes.
