@@ -88,9 +88,9 @@ pub struct RunArgs {
     /// (YAML: queue_capacity). Default 65536.
     #[arg(long, env = "PODWATCH_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
-    /// Memory the local output's queue may hold, in bytes, before new events
-    /// are dropped and counted (YAML: queue_bytes). Default 8 MiB (a file
-    /// event is about 1.5 KiB). Bounds the agent's memory under a backlog.
+    /// Bytes of JSON lines the local output's queue may hold before new
+    /// events are dropped and counted (YAML: queue_bytes). Default 8 MiB (a
+    /// file event's line is about 0.6 KiB). Bounds the agent's memory under a backlog.
     #[arg(long, env = "PODWATCH_QUEUE_BYTES")]
     pub queue_bytes: Option<usize>,
     /// Processes remembered (YAML: process_cache.capacity). Default 65536.

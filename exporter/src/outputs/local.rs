@@ -1,9 +1,9 @@
 //! Event outputs for people and files: JSON lines on stdout, or in a file that
-//! rotates by size. Each runs on its own thread behind a queue bounded in
-//! events and in bytes; a full queue drops (and counts) rather than slowing
-//! the ring buffer reader. The byte bound is what keeps the agent's memory
-//! flat when the output falls behind (a backlog of 65,536 file events is
-//! ~100 MiB; 8 MiB by default).
+//! rotates by size. Each runs on its own thread behind a queue of encoded
+//! lines bounded in lines and in bytes; a full queue drops (and counts)
+//! rather than slowing the ring buffer reader. The byte bound is what keeps
+//! the agent's memory flat when the output falls behind (65,536 queued
+//! events used to be 100–170 MiB; 8 MiB of lines by default).
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -16,6 +16,7 @@ use std::{
     thread::JoinHandle,
 };
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::error;
 
@@ -28,12 +29,18 @@ pub enum OutputTarget {
     None,
 }
 
-/// Events handed to the output thread together, with what each costs the
-/// budget.
-type Batch = Vec<(Arc<Event>, usize)>;
+/// JSON lines handed to the output thread together.
+type Batch = Vec<Bytes>;
 
-/// The reader's end of an output. Events offered during one drain of the
-/// ring buffer go over as one batch ([`OutputHandle::flush`]): one channel
+/// What a queued line costs the budget beyond its bytes: the `Bytes`
+/// handle and its shared header.
+const LINE_OVERHEAD: usize = 64;
+
+/// The reader's end of an output. The reader encodes each event's JSON line
+/// as it offers it, while the event is still in its cache (the output
+/// thread read every event cold, and freed it across threads); the output
+/// thread only writes bytes. Lines offered during one drain of the ring
+/// buffer go over as one batch ([`OutputHandle::flush`]): one channel
 /// operation and at most one wakeup of the output thread per drain, instead
 /// of a futex wake and a context switch per event whenever the output keeps
 /// up (what the agent paid at a steady rate: perf showed the two threads
@@ -85,18 +92,18 @@ impl Budget {
 }
 
 impl OutputHandle {
-    /// Takes an event for the next batch without waiting; a full queue (in
-    /// events or in bytes) counts a drop.
-    pub fn offer(&mut self, ev: &Arc<Event>, stats: &AgentStats) {
+    /// Takes an event's line for the next batch without waiting; a full
+    /// queue (in events or in bytes) counts a drop.
+    pub fn offer(&mut self, ev: &Event, stats: &AgentStats) {
         if self.tx.is_none() {
             return;
         }
-        let cost = ev.approx_bytes();
-        if !self.budget.take(cost) {
+        let Some(line) = ev.json_line() else { return };
+        if !self.budget.take(line.len() + LINE_OVERHEAD) {
             stats.output_queue_drops.fetch_add(1, Relaxed);
             return;
         }
-        self.pending.push((ev.clone(), cost));
+        self.pending.push(line.clone());
     }
 
     /// Events offered since the last flush.
@@ -112,8 +119,8 @@ impl OutputHandle {
         let batch = std::mem::take(&mut self.pending);
         if let Some(Err(mpsc::error::SendError(batch))) = self.tx.as_ref().map(|tx| tx.send(batch)) {
             // The thread is gone (it never exits while the handle lives).
-            for (_, cost) in batch {
-                self.budget.give_back(cost);
+            for line in batch {
+                self.budget.give_back(line.len() + LINE_OVERHEAD);
             }
         }
     }
@@ -237,14 +244,11 @@ pub fn spawn(
             let mut next = Some(batch);
             // Drain whatever is queued, then flush once.
             while let Some(batch) = next {
-                for (ev, cost) in batch {
-                    if let Some(line) = ev.json_line() {
-                        if let Err(e) = writer.write_line(line) {
-                            report(e, &stats);
-                        }
+                for line in batch {
+                    if let Err(e) = writer.write_line(&line) {
+                        report(e, &stats);
                     }
-                    drop(ev);
-                    queued.give_back(cost);
+                    queued.give_back(line.len() + LINE_OVERHEAD);
                 }
                 next = rx.try_recv().ok();
             }
@@ -269,10 +273,9 @@ mod tests {
     fn the_queue_is_bounded_in_bytes_and_gives_them_back_once_written() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ev = crate::outputs::sinks::testdata::exec_in_pod(7, "2026-12-07T11:00:00Z");
-        let cost = ev.approx_bytes();
-        assert!((500..4096).contains(&cost), "an exec event's estimate: {cost} bytes");
+        let cost = ev.json_line().expect("encodes").len() + LINE_OVERHEAD;
 
-        // A budget smaller than one event: every offer is dropped and counted,
+        // A budget smaller than one line: every offer is dropped and counted,
         // nothing is queued or written.
         let stats = Arc::new(AgentStats::default());
         let path = dir.path().join("small.jsonl");

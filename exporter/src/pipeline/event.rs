@@ -145,45 +145,18 @@ impl Event {
         self.encoded
             .0
             .get_or_init(|| {
-                let mut line = Vec::with_capacity(1024);
-                serde_json::to_writer(&mut line, self).ok()?;
-                line.push(b'\n');
-                Some(Bytes::from(line))
+                // Encoded in a reused buffer, then copied out at its exact size:
+                // no reallocations as the line grows, and a queued line holds
+                // no more memory than its length.
+                thread_local!(static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(4096)));
+                LINE.with_borrow_mut(|line| {
+                    line.clear();
+                    serde_json::to_writer(&mut *line, self).ok()?;
+                    line.push(b'\n');
+                    Some(Bytes::copy_from_slice(line))
+                })
             })
             .as_ref()
-    }
-
-    /// About how much memory the event holds: its struct, the strings only
-    /// it owns and its JSON line once encoded (process data, pod and cgroup
-    /// path are shared with the caches and not counted). What the local
-    /// output's queue budgets by.
-    pub fn approx_bytes(&self) -> usize {
-        fn strings(v: &[String]) -> usize {
-            v.iter().map(|s| size_of::<String>() + s.len()).sum()
-        }
-        let mut n = size_of::<Event>() + self.process.comm.len();
-        if let Some(f) = &self.file {
-            n += f.path.len()
-                + f.requested.as_ref().map_or(0, String::len)
-                + f.flags.capacity() * size_of::<Name>();
-        }
-        if let Some(net) = &self.network {
-            n += net.src.address.len() + net.dst.address.len();
-        }
-        let creds = |c: &Credentials| {
-            strings(&c.capabilities_effective)
-                + strings(&c.capabilities_permitted)
-                + strings(&c.capabilities_inheritable)
-                + strings(&c.capabilities_ambient)
-                + strings(&c.host_namespaces)
-                + c.namespaces.as_ref().map_or(0, |m| m.len() * 64)
-        };
-        n += size_of::<Credentials>() * self.process.credentials.is_some() as usize;
-        n += self.process.credentials.as_deref().map_or(0, creds);
-        if let Some(p) = &self.privilege {
-            n += size_of::<PrivilegeChange>() + creds(&p.before) + creds(&p.after);
-        }
-        n + self.encoded.0.get().and_then(Option::as_ref).map_or(0, Bytes::len)
     }
 
     /// The JSON line without its newline, as text (Loki lines, OTLP bodies).
