@@ -28,7 +28,7 @@ use crate::{
         cgroup::{parse_kubelet_path, CgroupResolver, PodRef},
         PodMeta, PodStore,
     },
-    policy::{engine::RuleNames, Action},
+    policy::{compile::RuleInfo, engine::RuleNames, Action},
 };
 
 pub struct Enricher {
@@ -39,6 +39,10 @@ pub struct Enricher {
     pub pods: Arc<PodStore>,
     pub binaries: Arc<BinaryNames>,
     pub rules: Arc<RuleNames>,
+    /// The reader's copy of `rules`, indexed by rule id, valid for
+    /// `rules_version`: a logged event then costs no lock and no hash.
+    rule_cache: Vec<Option<RuleInfo>>,
+    rules_version: u64,
     /// Woken when a cgroup is created, so its policy mask is set at once.
     pub cgroup_created: Option<Arc<tokio::sync::Notify>>,
     /// realtime − boottime, to turn `bpf_ktime_get_boot_ns` into wall-clock time.
@@ -85,6 +89,8 @@ impl Enricher {
             pods,
             binaries,
             rules,
+            rule_cache: Vec::new(),
+            rules_version: 0,
             cgroup_created: None,
             boot_to_unix_ns,
             by_cgroup: HashMap::new(),
@@ -175,13 +181,31 @@ impl Enricher {
         };
         ev.matched_on = matched_on(h.flags, h.rule).map(Name::Borrowed);
         if h.rule != 0 {
-            if let Some(info) = self.rules.get(h.rule) {
-                ev.policy = Some(info.policy);
-                ev.rule = Some(info.rule);
+            if let Some(info) = self.rule(h.rule) {
+                ev.policy = Some(info.policy.clone());
+                ev.rule = Some(info.rule.clone());
             }
         }
         ev.action = Action::name_of(h.action).map(Name::Borrowed);
         ev
+    }
+
+    /// A rule's names, from the reader's copy (filled from `rules` on first
+    /// use, dropped whenever a policy set brings new ones).
+    fn rule(&mut self, id: u16) -> Option<&RuleInfo> {
+        let version = self.rules.version();
+        if version != self.rules_version {
+            self.rule_cache.clear();
+            self.rules_version = version;
+        }
+        let i = id as usize;
+        if self.rule_cache.len() <= i {
+            self.rule_cache.resize(i + 1, None);
+        }
+        if self.rule_cache[i].is_none() {
+            self.rule_cache[i] = self.rules.get(id);
+        }
+        self.rule_cache[i].as_ref()
     }
 
     /// Housekeeping between batches: expire exited processes, forget the

@@ -138,11 +138,17 @@ fn identity_bits(ids: &Identities) -> u32 {
 #[derive(Default, Debug)]
 pub struct RuleNames {
     names: RwLock<HashMap<u16, RuleInfo>>,
+    /// Bumped by every change, so a reader's own copy knows when it is stale.
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl RuleNames {
     pub fn get(&self, id: u16) -> Option<RuleInfo> {
         self.names.read().ok()?.get(&id).cloned()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn extend(&self, rules: &[RuleInfo]) {
@@ -151,6 +157,7 @@ impl RuleNames {
                 n.insert(r.id, r.clone());
             }
         }
+        self.version.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 }
 
