@@ -106,17 +106,13 @@ impl OutputHandle {
         self.pending.push(line.clone());
     }
 
-    /// Events offered since the last flush.
-    pub fn batched(&self) -> usize {
-        self.pending.len()
-    }
-
     /// Hands the events offered since the last flush to the output thread.
     pub fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending);
+        let next = Vec::with_capacity(self.pending.len());
+        let batch = std::mem::replace(&mut self.pending, next);
         if let Some(Err(mpsc::error::SendError(batch))) = self.tx.as_ref().map(|tx| tx.send(batch)) {
             // The thread is gone (it never exits while the handle lives).
             for line in batch {

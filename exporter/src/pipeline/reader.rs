@@ -29,10 +29,11 @@ pub struct Fanout {
 /// wakeup_bytes), so this bounds how late a quiet node's events are.
 pub const POLL: Duration = Duration::from_millis(10);
 
-/// Events handed to the local output at once, at most: large enough that
-/// the output thread wakes rarely, small enough that it never waits long
-/// on a drain that keeps finding records.
-const BATCH: usize = 512;
+/// Records after which a drain hands its lines to the local output and
+/// publishes its counters, at most: large enough that the output thread
+/// wakes rarely, small enough that neither waits long on a drain that
+/// keeps finding records.
+const BATCH: u64 = 512;
 
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -89,15 +90,15 @@ impl Reader {
                         out.local.offer(&ev, &self.stats);
                         out.sinks.offer(&ev);
                         let _ = out.live.send(ev);
-                        if out.local.batched() >= BATCH {
-                            // A drain lasts as long as producers keep up with it.
-                            out.local.flush();
-                            self.stats.records_read.fetch_add(std::mem::take(&mut read), Relaxed);
-                            self.stats.events_emitted.fetch_add(std::mem::take(&mut emitted), Relaxed);
-                        }
                     }
                 }
                 Err(e) => self.stats.decode_error(e),
+            }
+            if read >= BATCH {
+                // A drain lasts as long as producers keep up with it.
+                out.local.flush();
+                self.stats.records_read.fetch_add(std::mem::take(&mut read), Relaxed);
+                self.stats.events_emitted.fetch_add(std::mem::take(&mut emitted), Relaxed);
             }
         }
         out.local.flush();
