@@ -40,7 +40,7 @@ fn privilege(e: &Event) -> &podwatch::pipeline::event::PrivilegeChange {
     e.privilege.as_ref().expect("a privilege event has its change")
 }
 
-fn has(list: &[String], item: &str) -> bool {
+fn has(list: &[podwatch::pipeline::event::Name], item: &str) -> bool {
     list.iter().any(|c| c == item)
 }
 

@@ -149,7 +149,7 @@ fn compact_line(ev: &Event) -> String {
         Kind::Exit => {
             let status = match &ev.exit {
                 Some(e) => match (&e.code, &e.signal) {
-                    (_, Some(sig)) => sig.clone(),
+                    (_, Some(sig)) => sig.to_string(),
                     (Some(c), None) => c.to_string(),
                     _ => "?".into(),
                 },

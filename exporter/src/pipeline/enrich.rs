@@ -387,12 +387,12 @@ pub fn credentials(c: &podwatch_common::Credentials) -> Credentials {
         capabilities_permitted: capability_names(c.caps[capset::PERMITTED]),
         capabilities_inheritable: capability_names(c.caps[capset::INHERITABLE]),
         capabilities_ambient: capability_names(c.caps[capset::AMBIENT]),
-        namespaces: known.then(|| ns::NAMES.iter().zip(c.ns).map(|(n, i)| ((*n).to_owned(), i)).collect()),
+        namespaces: known.then(|| ns::NAMES.iter().zip(c.ns).map(|(n, i)| (Name::Borrowed(n), i)).collect()),
         host_namespaces: ns::NAMES
             .iter()
             .zip(c.ns.iter().zip(host))
             .filter(|(_, (&n, h))| n != 0 && n == *h)
-            .map(|(n, _)| (*n).to_owned())
+            .map(|(n, _)| Name::Borrowed(n))
             .collect(),
     }
 }
@@ -411,11 +411,11 @@ fn privilege_change(p: &podwatch_common::Privilege) -> PrivilegeChange {
         after: credentials(a),
         capabilities_gained: capability_names(ea & !eb),
         capabilities_lost: capability_names(eb & !ea),
-        namespaces_changed: changed.iter().map(|&i| ns::NAMES[i].to_owned()).collect(),
+        namespaces_changed: changed.iter().map(|&i| Name::Borrowed(ns::NAMES[i])).collect(),
         host_namespaces_entered: changed
             .iter()
             .filter(|&&i| a.ns[i] != 0 && a.ns[i] == host[i])
-            .map(|&i| ns::NAMES[i].to_owned())
+            .map(|&i| Name::Borrowed(ns::NAMES[i]))
             .collect(),
     }
 }

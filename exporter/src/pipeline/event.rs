@@ -68,17 +68,12 @@ pub type Name = Cow<'static, str>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp(pub SystemTime);
 
-impl Timestamp {
-    pub fn now() -> Timestamp {
-        Timestamp(SystemTime::now())
-    }
-}
-
 impl std::fmt::Display for Timestamp {
     /// `humantime::format_rfc3339_nanos`, with the date and time of day
     /// (which change once a second) formatted once per second per thread and
     /// only the nanoseconds every time: a tenth of the reader's encoding
     /// time went to the calendar arithmetic.
+    ///
     /// Times humantime cannot write (it panics before 1970 and fails after
     /// 9999) are clamped to the first and last it can.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -258,20 +253,20 @@ pub struct Credentials {
     pub egid: u32,
     pub sgid: u32,
     pub fsgid: u32,
-    pub capabilities_effective: Vec<String>,
-    pub capabilities_permitted: Vec<String>,
+    pub capabilities_effective: Vec<Name>,
+    pub capabilities_permitted: Vec<Name>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub capabilities_inheritable: Vec<String>,
+    pub capabilities_inheritable: Vec<Name>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub capabilities_ambient: Vec<String>,
+    pub capabilities_ambient: Vec<Name>,
     /// mnt, pid (children's), net, uts, ipc, user, cgroup → inode number
     /// (as `/proc/PID/ns/*` links show them). Absent for exec changes,
     /// which cannot change namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespaces: Option<std::collections::BTreeMap<String, u32>>,
+    pub namespaces: Option<std::collections::BTreeMap<Name, u32>>,
     /// Which of them are the host's (init's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub host_namespaces: Vec<String>,
+    pub host_namespaces: Vec<Name>,
 }
 
 /// A change of credentials or namespaces: before and after.
@@ -288,14 +283,14 @@ pub struct PrivilegeChange {
     pub before: Credentials,
     pub after: Credentials,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub capabilities_gained: Vec<String>,
+    pub capabilities_gained: Vec<Name>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub capabilities_lost: Vec<String>,
+    pub capabilities_lost: Vec<Name>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub namespaces_changed: Vec<String>,
+    pub namespaces_changed: Vec<Name>,
     /// Namespaces that are the host's after the change and were not before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub host_namespaces_entered: Vec<String>,
+    pub host_namespaces_entered: Vec<Name>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -394,7 +389,7 @@ pub struct ExitStatus {
     pub code: Option<i32>,
     /// Terminating signal (SIGKILL...) when it did not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
+    pub signal: Option<Name>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub core_dumped: bool,
 }
@@ -465,7 +460,7 @@ pub fn errno_name(errno: i32) -> Name {
     Cow::Borrowed(name)
 }
 
-pub fn signal_name(sig: u32) -> String {
+pub fn signal_name(sig: u32) -> Name {
     let name = match sig {
         1 => "SIGHUP",
         2 => "SIGINT",
@@ -485,9 +480,9 @@ pub fn signal_name(sig: u32) -> String {
         24 => "SIGXCPU",
         25 => "SIGXFSZ",
         31 => "SIGSYS",
-        _ => return format!("SIG{sig}"),
+        _ => return Cow::Owned(format!("SIG{sig}")),
     };
-    name.to_owned()
+    Cow::Borrowed(name)
 }
 
 /// Decodes `task->exit_code` the way `wait(2)` does.

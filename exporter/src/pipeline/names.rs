@@ -6,6 +6,8 @@ use std::{collections::HashMap, sync::Mutex};
 
 use podwatch_common::{action, change, file_op, kind, priv_syscall, IPPROTO_UDP};
 
+use super::event::Name;
+
 /// Exec path by hash, learnt from exec events, for the `binary` label.
 #[derive(Default, Debug)]
 pub struct BinaryNames {
@@ -131,10 +133,10 @@ pub const CAPABILITIES: [&str; 41] = [
 
 /// A capability set (bit = number) → names, lowest first; bits this table
 /// does not know are named `CAP_<n>`.
-pub fn capability_names(set: u64) -> Vec<String> {
+pub fn capability_names(set: u64) -> Vec<Name> {
     (0..64)
         .filter(|b| set & (1u64 << b) != 0)
-        .map(|b| CAPABILITIES.get(b).map(|n| (*n).to_owned()).unwrap_or_else(|| format!("CAP_{b}")))
+        .map(|b| CAPABILITIES.get(b).map(|n| Name::Borrowed(n)).unwrap_or_else(|| format!("CAP_{b}").into()))
         .collect()
 }
 

@@ -44,7 +44,7 @@ use super::{
     framework::{self, Encoder, QueueConfig, RetryConfig, SendError, Sent, SinkHandle},
     http::{classify, HttpClient, TlsConfig},
 };
-use crate::pipeline::event::{Event, Kind};
+use crate::pipeline::event::{Event, Kind, Name};
 pub use settings::Compression;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -115,7 +115,24 @@ fn s(key: &str, v: &str) -> KeyValue {
 pub enum Attr<'a> {
     Str(&'a str),
     Int(i64),
-    Strs(&'a [String]),
+    Strs(List<'a>),
+}
+
+/// A list attribute's items: argv, or names from a fixed set.
+#[derive(Debug, Clone, Copy)]
+pub enum List<'a> {
+    Strings(&'a [String]),
+    Names(&'a [Name]),
+}
+
+impl<'a> List<'a> {
+    pub fn iter(self) -> impl Iterator<Item = &'a str> {
+        let (strings, names): (&[String], &[Name]) = match self {
+            List::Strings(s) => (s, &[]),
+            List::Names(n) => (&[], n),
+        };
+        strings.iter().map(String::as_str).chain(names.iter().map(|n| &**n))
+    }
 }
 
 /// Per-record attributes in OpenTelemetry semantic conventions; what has no
@@ -158,7 +175,7 @@ pub fn visit_attributes<'a>(ev: &'a Event, emit: &mut dyn FnMut(&'static str, At
     }
     emit("process.executable.name", Attr::Str(&pr.comm));
     if !pr.args.is_empty() {
-        emit("process.command_args", Attr::Strs(&pr.args));
+        emit("process.command_args", Attr::Strs(List::Strings(&pr.args)));
     }
     if let Some(cwd) = &pr.cwd {
         emit("process.working_directory", Attr::Str(cwd));
@@ -196,9 +213,9 @@ pub fn visit_attributes<'a>(ev: &'a Event, emit: &mut dyn FnMut(&'static str, At
     }
     if let Some(c) = &pr.credentials {
         emit("podwatch.process.euid", Attr::Int(c.euid.into()));
-        emit("podwatch.process.capabilities_effective", Attr::Strs(&c.capabilities_effective));
+        emit("podwatch.process.capabilities_effective", Attr::Strs(List::Names(&c.capabilities_effective)));
         if !c.host_namespaces.is_empty() {
-            emit("podwatch.process.host_namespaces", Attr::Strs(&c.host_namespaces));
+            emit("podwatch.process.host_namespaces", Attr::Strs(List::Names(&c.host_namespaces)));
         }
     }
     if let Some(p) = &ev.privilege {
@@ -215,7 +232,7 @@ pub fn visit_attributes<'a>(ev: &'a Event, emit: &mut dyn FnMut(&'static str, At
             ("podwatch.privilege.host_namespaces_entered", &p.host_namespaces_entered),
         ] {
             if !list.is_empty() {
-                emit(key, Attr::Strs(list));
+                emit(key, Attr::Strs(List::Names(list)));
             }
         }
         if p.result != "ok" {
@@ -242,7 +259,7 @@ pub fn attributes(ev: &Event) -> Vec<KeyValue> {
             Attr::Strs(list) => Value::ArrayValue(ArrayValue {
                 values: list
                     .iter()
-                    .map(|x| AnyValue { value: Some(Value::StringValue(x.clone())) })
+                    .map(|x| AnyValue { value: Some(Value::StringValue(x.to_owned())) })
                     .collect(),
             }),
         };

@@ -102,7 +102,7 @@ impl Encoder for RecordEncoder {
                 Attr::Strs(list) => {
                     size += list.iter().map(|s| s.len() + 4).sum::<usize>();
                     AnyValue::ListAny(Box::new(
-                        list.iter().map(|s| AnyValue::String(s.clone().into())).collect(),
+                        list.iter().map(|s| AnyValue::String(s.to_owned().into())).collect(),
                     ))
                 }
             };
