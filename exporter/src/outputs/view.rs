@@ -238,7 +238,7 @@ mod tests {
             time: Timestamp(std::time::UNIX_EPOCH),
             node: "n".into(),
             kind,
-            process: Process {
+            process: std::sync::Arc::new(Encoded::new(Process {
                 pid: 1,
                 tid: 1,
                 uid: 0,
@@ -251,15 +251,15 @@ mod tests {
                 cwd: Some("/".into()),
                 parent: None,
                 credentials: None,
-            },
-            pod: Some(std::sync::Arc::new(Pod {
+            })),
+            pod: Some(std::sync::Arc::new(Encoded::new(Pod {
                 uid: "6b1f0a52-2c3d".into(),
                 namespace: Some("default".into()),
                 name: Some("xwing".into()),
                 workload: None,
                 container: None,
-            })),
-            cgroup: Cgroup { id: 1, path: None },
+            }))),
+            cgroup: std::sync::Arc::new(Cgroup { id: 1, path: None }.into()),
             file: None,
             network: None,
             exit: Some(ExitStatus { code: Some(0), signal: None, core_dumped: false }),

@@ -18,11 +18,11 @@ use crate::{
     pipeline::{
         decode::{Payload, Record},
         event::{
-            errno_name, exit_status, lossless_string, Cgroup, Container, Credentials, Endpoint, Event, File,
-            Kind, Name, Network, Parent, Pod, PrivilegeChange, Process, Timestamp,
+            errno_name, exit_status, lossless_string, Cgroup, Container, Credentials, Encoded, Endpoint,
+            Event, File, Kind, Name, Network, Parent, Pod, PrivilegeChange, Process, Timestamp,
         },
         names::{capability_names, change_name, file_op_name, privilege_syscall_name, BinaryNames},
-        proc_cache::{ProcessCache, ProcessInfo},
+        proc_cache::{ProcessCache, ProcessInfo, ShownProcess},
     },
     pods::{
         cgroup::{parse_kubelet_path, CgroupResolver, PodRef},
@@ -54,11 +54,11 @@ pub struct Enricher {
 
 /// What every event of one cgroup shares.
 struct CgroupEntry {
-    path: Arc<str>,
+    cgroup: Arc<Encoded<Cgroup>>,
     pod_ref: Option<PodRef>,
     /// The metadata `pod` was built from; another Arc in the store means it changed.
     meta: Option<Arc<PodMeta>>,
-    pod: Option<Arc<Pod>>,
+    pod: Option<Arc<Encoded<Pod>>>,
 }
 
 /// More cgroups than this and the cache starts again (a node has a few
@@ -102,47 +102,82 @@ impl Enricher {
         Timestamp(UNIX_EPOCH + std::time::Duration::from_nanos(ns.min(u64::MAX as u128) as u64))
     }
 
-    fn process(&mut self, h: &Header) -> Process {
-        let comm = lossless_string(&h.comm[..h.comm.iter().position(|&c| c == 0).unwrap_or(16)]);
-        let info = self.procs.get(h.tgid).cloned();
-        let parent = info
-            .as_ref()
-            .filter(|i| i.ppid != 0)
-            .map(|i| Parent { pid: i.ppid, binary: self.procs.get(i.ppid).and_then(|p| p.binary.clone()) });
-        let info = info.unwrap_or_default();
-        Process {
+    /// The event's process: shared with the process's previous event when
+    /// nothing it shows changed (see `ProcessInfo::shown`), built otherwise.
+    fn process(&mut self, h: &Header) -> Arc<Encoded<Process>> {
+        let comm = &h.comm[..h.comm.iter().position(|&c| c == 0).unwrap_or(16)];
+        let build = |info: Option<&ProcessInfo>, parent: Option<Parent>| Process {
             pid: h.tgid,
             tid: h.tid,
             uid: h.uid,
             gid: h.gid,
-            comm,
-            binary: info.binary,
-            executable: info.executable,
-            args: info.args,
-            args_truncated: info.args_truncated,
-            cwd: info.cwd,
+            comm: lossless_string(comm),
+            binary: info.and_then(|i| i.binary.clone()),
+            executable: info.and_then(|i| i.executable.clone()),
+            args: info.map(|i| i.args.clone()).unwrap_or_default(),
+            args_truncated: info.is_some_and(|i| i.args_truncated),
+            cwd: info.and_then(|i| i.cwd.clone()),
             parent,
             credentials: None,
+        };
+        let Some(ppid) = self.procs.get(h.tgid).map(|i| i.ppid) else {
+            return Arc::new(build(None, None).into());
+        };
+        let parent_binary =
+            if ppid != 0 { self.procs.get(ppid).and_then(|p| p.binary.clone()) } else { None };
+        let Some(info) = self.procs.get_mut(h.tgid) else {
+            return Arc::new(build(None, None).into());
+        };
+        if let Some(s) = &info.shown.0 {
+            let same_parent = match (&s.parent_binary, &parent_binary) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if s.tid == h.tid
+                && s.uid == h.uid
+                && s.gid == h.gid
+                && s.comm[..comm.len()] == *comm
+                && s.comm[comm.len()..].iter().all(|&c| c == 0)
+                && same_parent
+            {
+                return s.process.clone();
+            }
         }
+        let parent = (ppid != 0).then(|| Parent { pid: ppid, binary: parent_binary.clone() });
+        let process = Arc::new(Encoded::new(build(Some(info), parent)));
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm);
+        info.shown.0 = Some(ShownProcess {
+            tid: h.tid,
+            uid: h.uid,
+            gid: h.gid,
+            comm: c,
+            parent_binary,
+            process: process.clone(),
+        });
+        process
     }
 
-    fn pod(&mut self, cgroup_id: u64) -> (Cgroup, Option<Arc<Pod>>) {
+    fn pod(&mut self, cgroup_id: u64) -> (Arc<Encoded<Cgroup>>, Option<Arc<Encoded<Pod>>>) {
+        let unresolved = || Arc::new(Cgroup { id: cgroup_id, path: None }.into());
         if !self.by_cgroup.contains_key(&cgroup_id) {
             // Unresolved cgroups are not cached: the next event asks again.
             let Some(path) = self.cgroups.lock().ok().and_then(|mut c| c.resolve(cgroup_id)) else {
-                return (Cgroup { id: cgroup_id, path: None }, None);
+                return (unresolved(), None);
             };
             if self.by_cgroup.len() >= MAX_CGROUP_ENTRIES {
                 self.by_cgroup.clear();
             }
             let pod_ref = parse_kubelet_path(&path);
-            let entry = CgroupEntry { path: path.into(), pod_ref, meta: None, pod: None };
+            let cgroup = Arc::new(Cgroup { id: cgroup_id, path: Some(path.into()) }.into());
+            let entry = CgroupEntry { cgroup, pod_ref, meta: None, pod: None };
             self.by_cgroup.insert(cgroup_id, entry);
         }
         let Some(entry) = self.by_cgroup.get_mut(&cgroup_id) else {
-            return (Cgroup { id: cgroup_id, path: None }, None);
+            return (unresolved(), None);
         };
-        let cgroup = Cgroup { id: cgroup_id, path: Some(entry.path.clone()) };
+        let cgroup = entry.cgroup.clone();
         let Some(r) = &entry.pod_ref else {
             return (cgroup, None);
         };
@@ -153,7 +188,7 @@ impl Enricher {
             _ => false,
         };
         if !same || entry.pod.is_none() {
-            entry.pod = Some(Arc::new(pod_of(r, meta.as_deref())));
+            entry.pod = Some(Arc::new(pod_of(r, meta.as_deref()).into()));
             entry.meta = meta;
         }
         (cgroup, entry.pod.clone())
@@ -247,10 +282,11 @@ impl Enricher {
                     binary = normalize(&format!("{c}/{binary}"));
                 }
                 let mut ev = self.base(&h, Kind::Exec);
-                ev.process.binary = Some(binary.into());
-                ev.process.executable = executable.map(|e| lossless_string(&e).into());
-                ev.process.args = Vec::new().into();
-                ev.process.credentials = creds.map(|c| Box::new(credentials(&c)));
+                let p = Arc::make_mut(&mut ev.process);
+                p.binary = Some(binary.into());
+                p.executable = executable.map(|e| lossless_string(&e).into());
+                p.args = Vec::new().into();
+                p.credentials = creds.map(|c| Box::new(credentials(&c)));
                 Some(ev)
             }
             Payload::Exec { ppid, filename, args, cwd, executable, creds } => {
@@ -275,10 +311,12 @@ impl Enricher {
                         args: args.into(),
                         args_truncated: h.flags & flags::ARGS_TRUNCATED != 0,
                         cwd: cwd.map(Into::into),
+                        shown: Default::default(),
                     },
                 );
                 let mut ev = self.base(&h, Kind::Exec);
-                ev.process.credentials = creds.map(|c| Box::new(credentials(&c)));
+                // The credentials are the exec event's own: the shared process stays without.
+                Arc::make_mut(&mut ev.process).credentials = creds.map(|c| Box::new(credentials(&c)));
                 Some(ev)
             }
             Payload::Exit { exit_code } => {
@@ -641,6 +679,7 @@ mod tests {
                 args: vec!["cat".to_owned(), "/etc/passwd".to_owned()].into(),
                 args_truncated: false,
                 cwd: Some("/srv".into()),
+                shown: Default::default(),
             },
         );
         let exit = |e: &mut Enricher| {
@@ -661,6 +700,48 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(a.json().expect("json")).expect("valid JSON");
         assert_eq!(json["process"]["args"], serde_json::json!(["cat", "/etc/passwd"]));
         assert_eq!(json["process"]["binary"], "/usr/bin/cat");
+    }
+
+    #[test]
+    fn a_process_is_shared_by_its_events_until_what_it_shows_changes() {
+        let mut e = enricher();
+        let info = |b: &str, ppid| ProcessInfo { ppid, binary: Some(b.into()), ..Default::default() };
+        e.procs.on_exec(1, info("/sbin/init", 0));
+        e.procs.on_exec(9, info("/usr/bin/cat", 1));
+        let exit = |e: &mut Enricher, tid: u32, uid: u32, comm: &[u8]| {
+            let mut h = Header { kind: kind::EXIT, tgid: 9, tid, uid, ..Default::default() };
+            h.comm[..comm.len()].copy_from_slice(comm);
+            e.enrich(Record { header: h, payload: Payload::Exit { exit_code: 0 } }).expect("an event").process
+        };
+        let a = exit(&mut e, 9, 0, b"cat");
+        assert!(Arc::ptr_eq(&a, &exit(&mut e, 9, 0, b"cat")), "the same facts share one process");
+        // Each fact the header brings, changed, shows.
+        let by_uid = exit(&mut e, 9, 1000, b"cat");
+        assert_eq!(by_uid.uid, 1000);
+        let by_tid = exit(&mut e, 10, 1000, b"cat");
+        assert_eq!(by_tid.tid, 10);
+        let renamed = exit(&mut e, 10, 1000, b"ca");
+        assert_eq!(renamed.comm, "ca", "a shorter name is not taken for the longer one");
+        assert_eq!(exit(&mut e, 10, 1000, b"cat2").comm, "cat2");
+        // The parent execs: its new binary shows.
+        assert_eq!(
+            exit(&mut e, 10, 1000, b"cat2").parent.as_ref().and_then(|p| p.binary.clone()).as_deref(),
+            Some("/sbin/init")
+        );
+        e.procs.on_exec(1, info("/usr/lib/systemd/systemd", 0));
+        let p = exit(&mut e, 10, 1000, b"cat2");
+        assert_eq!(p.parent.as_ref().and_then(|p| p.binary.as_deref()), Some("/usr/lib/systemd/systemd"));
+        // The process execs: everything is new, its old JSON too.
+        e.procs.on_exec(9, info("/usr/bin/tac", 1));
+        let p = exit(&mut e, 10, 1000, b"cat2");
+        assert_eq!(p.binary.as_deref(), Some("/usr/bin/tac"));
+        assert!(p.json().expect("encodes").get().contains("/usr/bin/tac"));
+        // A fork's child starts from its parent's entry, not its parent's shown process.
+        e.procs.on_fork(11, 9);
+        let h = Header { kind: kind::EXIT, tgid: 11, tid: 11, ..Default::default() };
+        let child =
+            e.enrich(Record { header: h, payload: Payload::Exit { exit_code: 0 } }).expect("an event");
+        assert_eq!((child.process.pid, child.process.parent.as_ref().map(|p| p.pid)), (11, Some(9)));
     }
 
     #[test]

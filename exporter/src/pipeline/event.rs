@@ -68,7 +68,7 @@ pub type Name = Cow<'static, str>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp(pub SystemTime);
 
-impl std::fmt::Display for Timestamp {
+impl Timestamp {
     /// `humantime::format_rfc3339_nanos`, with the date and time of day
     /// (which change once a second) formatted once per second per thread and
     /// only the nanoseconds every time: a tenth of the reader's encoding
@@ -76,7 +76,7 @@ impl std::fmt::Display for Timestamp {
     ///
     /// Times humantime cannot write (it panics before 1970 and fails after
     /// 9999) are clamped to the first and last it can.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    fn rfc3339(&self) -> [u8; 30] {
         const LAST: std::time::Duration = std::time::Duration::new(253_402_300_799, 999_999_999);
         let d = self.0.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().min(LAST);
         thread_local!(static SECOND: std::cell::RefCell<(u64, [u8; 19])> =
@@ -99,13 +99,22 @@ impl std::fmt::Display for Timestamp {
             ns /= 10;
         }
         out[29] = b'Z';
-        f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
+        out
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(&self.rfc3339()).map_err(|_| std::fmt::Error)?)
     }
 }
 
 impl Serialize for Timestamp {
+    /// As a string: `collect_str` would write it through `fmt::Write`, each
+    /// piece escaped on its own (a twentieth of the reader's time).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let buf = self.rfc3339();
+        s.serialize_str(std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?)
     }
 }
 
@@ -123,12 +132,15 @@ pub struct Event {
     /// Shared by every event of the agent.
     pub node: Arc<str>,
     pub kind: Kind,
-    pub process: Process,
+    /// Shared by the events of one process while what it shows stays the
+    /// same (the reader's process cache keeps the last one shown).
+    pub process: Arc<Encoded<Process>>,
     /// Absent for host processes. Shared by every event of the cgroup
     /// while the pod's metadata stays the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<Arc<Pod>>,
-    pub cgroup: Cgroup,
+    pub pod: Option<Arc<Encoded<Pod>>>,
+    /// Shared by every event of the cgroup.
+    pub cgroup: Arc<Encoded<Cgroup>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<File>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,26 +201,92 @@ impl Event {
     }
 }
 
-/// An event's JSON, once encoded. A clone starts empty (a cloned event may be
-/// changed before it is sent) and it never makes two events unequal.
-#[derive(Default)]
-pub struct EncodedOnce(OnceLock<Option<Bytes>>);
+/// A value's JSON, once encoded (an event's line, a process's object). A
+/// clone starts empty (a clone may be changed before it is encoded) and it
+/// never makes two values unequal.
+pub struct EncodedOnce<T = Bytes>(OnceLock<Option<T>>);
 
-impl Clone for EncodedOnce {
+impl<T> Default for EncodedOnce<T> {
+    fn default() -> Self {
+        EncodedOnce(OnceLock::new())
+    }
+}
+
+impl<T> Clone for EncodedOnce<T> {
     fn clone(&self) -> Self {
         EncodedOnce::default()
     }
 }
 
-impl PartialEq for EncodedOnce {
+impl<T> PartialEq for EncodedOnce<T> {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl std::fmt::Debug for EncodedOnce {
+impl<T> std::fmt::Debug for EncodedOnce<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.get().is_some() { "encoded" } else { "not encoded" })
+    }
+}
+
+/// A part of events shared by many of them (a process, a pod, a cgroup),
+/// its JSON object encoded once, by the first line that needs it, and
+/// spliced into every line after as it is: the process is about half of a
+/// file event's line, a pod's metadata as much again. serde_json writes a
+/// `RawValue` verbatim (and `to_value` parses it back); events meet no other
+/// serializer. Changing the value through `DerefMut` drops the encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded<T> {
+    value: T,
+    json: EncodedOnce<Box<serde_json::value::RawValue>>,
+}
+
+impl<T> Encoded<T> {
+    pub fn new(value: T) -> Encoded<T> {
+        Encoded { value, json: EncodedOnce::default() }
+    }
+}
+
+impl<T: Serialize> Encoded<T> {
+    /// The value's JSON object (None only if serde_json refuses it).
+    pub fn json(&self) -> Option<&serde_json::value::RawValue> {
+        self.json.0.get_or_init(|| serde_json::value::to_raw_value(&self.value).ok()).as_deref()
+    }
+}
+
+impl<T> From<T> for Encoded<T> {
+    fn from(value: T) -> Encoded<T> {
+        Encoded::new(value)
+    }
+}
+
+impl<T> std::ops::Deref for Encoded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::DerefMut for Encoded<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.json = EncodedOnce::default();
+        &mut self.value
+    }
+}
+
+impl<T: Serialize> Serialize for Encoded<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.json() {
+            Some(raw) => raw.serialize(s),
+            None => self.value.serialize(s),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Encoded<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Encoded<T>, D::Error> {
+        T::deserialize(d).map(Encoded::new)
     }
 }
 
@@ -512,9 +590,46 @@ mod tests {
         // A clone that is changed afterwards is encoded as changed.
         let mut other = (*ev).clone();
         assert_eq!(other, *ev, "the encoding never makes events unequal");
-        other.process.pid = 8;
+        Arc::make_mut(&mut other.process).pid = 8;
         let back: Event = serde_json::from_slice(other.json_line().expect("encodes")).expect("reads back");
         assert_eq!(back.process.pid, 8);
+    }
+
+    #[test]
+    fn a_shared_process_is_encoded_once_and_spliced_into_each_line() {
+        let ev = crate::outputs::sinks::testdata::exec_in_pod(7, "2026-12-07T11:00:00Z");
+        let mut second = (*ev).clone();
+        second.process = ev.process.clone();
+        second.time = Timestamp(ev.time.0 + std::time::Duration::from_nanos(1));
+        let (a, b) = (ev.json().expect("encodes"), second.json().expect("encodes"));
+        // One encoding of the process, shared by both events...
+        let raw = ev.process.json().expect("encodes");
+        assert_eq!(raw.get().as_ptr(), second.process.json().expect("encodes").get().as_ptr());
+        // ...spliced verbatim, and what the fields encode to.
+        assert!(a.contains(&format!(r#""process":{},"#, raw.get())), "{a}");
+        let fields = serde_json::to_value(&**ev.process).expect("encodes");
+        for line in [a, b] {
+            let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            assert_eq!(v["process"], fields);
+            let back: Event = serde_json::from_str(line).expect("reads back");
+            assert_eq!(*back.process, *ev.process);
+        }
+        // serde_json::to_value sees the same object as the line.
+        assert_eq!(serde_json::to_value(&*ev).expect("encodes")["process"], fields);
+        // Changed through a clone, the clone's line shows the change and the original's does not.
+        let mut changed = (*ev.process).clone();
+        changed.comm = "wget".into();
+        assert!(changed.json().expect("encodes").get().contains(r#""comm":"wget""#));
+        assert!(!ev.process.json().expect("encodes").get().contains("wget"));
+        // In place, too: the old encoding is dropped.
+        let mut p = Encoded::new((**ev.process).clone());
+        assert!(p.json().expect("encodes").get().contains(r#""comm":"curl""#));
+        p.comm = "wget".into();
+        assert!(p.json().expect("encodes").get().contains(r#""comm":"wget""#));
+        // The pod and cgroup objects are shared and spliced the same way.
+        let v: serde_json::Value = serde_json::from_str(a).expect("JSON");
+        assert_eq!(v["pod"], serde_json::to_value(&**ev.pod.as_ref().expect("pod")).expect("encodes"));
+        assert_eq!(v["cgroup"], serde_json::to_value(&**ev.cgroup).expect("encodes"));
     }
 
     #[test]

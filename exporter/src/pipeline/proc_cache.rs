@@ -24,6 +24,42 @@ pub struct ProcessInfo {
     pub args: Arc<[String]>,
     pub args_truncated: bool,
     pub cwd: Option<Arc<str>>,
+    /// The `Process` its last event showed, for the next to share.
+    pub shown: Shown,
+}
+
+/// The process an event showed and what it was built from besides the
+/// cache entry (the record header's thread, ids and name, the parent's
+/// binary): the next event whose facts are the same shares it, JSON
+/// included. Forgotten when the entry is cloned (a fork) or replaced (an exec).
+#[derive(Default)]
+pub struct Shown(pub Option<ShownProcess>);
+
+pub struct ShownProcess {
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+    pub parent_binary: Option<Arc<str>>,
+    pub process: Arc<crate::pipeline::event::Encoded<crate::pipeline::event::Process>>,
+}
+
+impl Clone for Shown {
+    fn clone(&self) -> Self {
+        Shown(None)
+    }
+}
+
+impl PartialEq for Shown {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "shown" } else { "not shown" })
+    }
 }
 
 pub struct ProcessCache {
@@ -137,12 +173,17 @@ impl ProcessCache {
     /// Looks a process up, reading /proc on a miss (counted). None if it is
     /// gone already: the event is still emitted with what the kernel gave.
     pub fn get(&mut self, pid: u32) -> Option<&ProcessInfo> {
+        self.get_mut(pid).map(|i| &*i)
+    }
+
+    /// As `get`, to update what the entry keeps ([`ProcessInfo::shown`]).
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut ProcessInfo> {
         if !self.map.contains_key(&pid) {
             self.misses += 1;
             let info = read_proc(&self.proc_root, pid, &self.redactor)?;
             self.insert(pid, info);
         }
-        self.map.get(&pid)
+        self.map.get_mut(&pid)
     }
 }
 
@@ -174,6 +215,7 @@ fn read_proc(root: &Path, pid: u32, redactor: &crate::pipeline::redact::Redactor
         args: args.into(),
         args_truncated: false,
         cwd,
+        shown: Shown::default(),
     })
 }
 
