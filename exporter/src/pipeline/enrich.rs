@@ -49,7 +49,7 @@ pub struct Enricher {
     boot_to_unix_ns: i128,
     /// cgroup id → its path and pod, built once per cgroup (and again when
     /// the pod's metadata changes) instead of for every event.
-    by_cgroup: HashMap<u64, CgroupEntry>,
+    by_cgroup: HashMap<u64, CgroupEntry, foldhash::fast::RandomState>,
 }
 
 /// What every event of one cgroup shares.
@@ -93,7 +93,7 @@ impl Enricher {
             rules_version: 0,
             cgroup_created: None,
             boot_to_unix_ns,
-            by_cgroup: HashMap::new(),
+            by_cgroup: HashMap::default(),
         }
     }
 

@@ -63,7 +63,7 @@ impl std::fmt::Debug for Shown {
 }
 
 pub struct ProcessCache {
-    map: HashMap<u32, ProcessInfo>,
+    map: HashMap<u32, ProcessInfo, foldhash::fast::RandomState>,
     exited: VecDeque<(u32, Instant)>,
     capacity: usize,
     linger: Duration,
@@ -81,7 +81,7 @@ impl ProcessCache {
 
     pub fn with_proc_root(capacity: usize, linger: Duration, root: impl AsRef<Path>) -> ProcessCache {
         ProcessCache {
-            map: HashMap::new(),
+            map: HashMap::default(),
             exited: VecDeque::new(),
             capacity: capacity.max(16),
             linger,
