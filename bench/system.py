@@ -22,11 +22,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.path.join(ROOT, "target", "release", "podwatch")
 UNMATCHED = "/etc/hostname"  # no rule of the built-in policy matches it
 PACED_RATE = 300_000  # the issue's target: matched events/s end to end without loss
+FLEET_PODS, FLEET_PER_POD = 500, 20  # the issue's node: 10k live processes in 500 pods
 MATCHED = "/etc/shadow"  # the built-in policy's `credential-files` rule logs it (host and pods)
 # The built-in policy plus a kill rule on a file the loops never touch: with a
 # kill rule guarding a file, every read through a descriptor is checked.
@@ -289,6 +291,81 @@ def main():
     for n in ("podwatch", "podwatch before"):
         if n in agents:
             rate_test(a, n, a.baseline_agent if n == "podwatch before" else AGENT)
+    for n in ("podwatch", "podwatch before"):
+        if n in agents:
+            fleet_test(a, n, a.baseline_agent if n == "podwatch before" else AGENT)
+
+
+def cgroup2_root():
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return fields[1]
+    raise SystemExit("no cgroup2 hierarchy mounted")
+
+
+def scrape_ms(inst):
+    """Time of one GET /metrics, and the samples it returned."""
+    start = time.perf_counter()
+    with urllib.request.urlopen(f"http://{inst.addr}/metrics", timeout=30) as r:
+        body = r.read().decode()
+    ms = (time.perf_counter() - start) * 1e3
+    return ms, sum(1 for line in body.splitlines() if line and not line.startswith("#"))
+
+
+def fleet_test(a, name, binary):
+    """A node's worth of pods: FLEET_PODS kubelet-shaped (cgroupfs) pod cgroups,
+    FLEET_PER_POD live processes in each, each having opened a file a `log`
+    rule matches (so every pod has exec, file and rule series). Agent RSS and
+    /metrics scrape time (median of five) at rest and with them all alive."""
+    root = cgroup2_root()
+    inst = Podwatch(name, binary)
+    created, procs = [], []
+    try:
+        time.sleep(2)  # at rest: start-up's freed memory handed back (once a second)
+        rest_rss = inst.rss_mib()
+        rest = [scrape_ms(inst) for _ in range(5)]
+        base = inst.stats()["process_cache_size"]
+        for _ in range(FLEET_PODS):
+            d = root
+            for part in ("kubepods", "burstable", f"pod{uuid.uuid4()}", os.urandom(32).hex()):
+                d = os.path.join(d, part)
+                if not os.path.isdir(d):
+                    os.mkdir(d)
+                    created.append(d)
+            procs.append(subprocess.Popen(
+                [a.workload, "hold", str(FLEET_PER_POD), MATCHED], stdout=subprocess.PIPE, text=True,
+                preexec_fn=lambda d=d: open(os.path.join(d, "cgroup.procs"), "w").write(str(os.getpid()))))
+        for p in procs:
+            if p.stdout.readline().strip() != "held":
+                raise SystemExit("a fleet pod did not start")
+        want = base + FLEET_PODS * FLEET_PER_POD
+        deadline = time.time() + 60
+        # The cache size is published once a second; wait until it holds them all.
+        while inst.stats()["process_cache_size"] < want and time.time() < deadline:
+            time.sleep(0.2)
+        cached = inst.stats()["process_cache_size"]
+        rss = inst.rss_mib()
+        busy = [scrape_ms(inst) for _ in range(5)]
+    finally:
+        for p in procs:
+            p.kill()  # its children die with it (PR_SET_PDEATHSIG)
+            p.wait()
+        inst.stop()
+        for d in reversed(created):
+            # The children's exit may still be under way: the directory empties shortly.
+            for _ in range(100):
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+    med = lambda xs, i: statistics.median(x[i] for x in xs)
+    print(f"\n## {FLEET_PODS} pods, {FLEET_PODS * FLEET_PER_POD} live processes: {name}\n")
+    print(f"- at rest: RSS {rest_rss:.1f} MiB; /metrics {med(rest, 0):.1f} ms ({med(rest, 1):.0f} samples)")
+    print(f"- with them: RSS {rss:.1f} MiB; process cache {cached} entries;"
+          f" /metrics {med(busy, 0):.1f} ms ({med(busy, 1):.0f} samples; median of 5)")
 
 
 def rate_test(a, name, binary):

@@ -8,6 +8,9 @@
  *   workload connect N PORT  N TCP connects to 127.0.0.1:PORT, each closed at once
  *   workload serve PORT      accept and close TCP connections on 127.0.0.1:PORT (0: any
  *                            free port) until killed; prints the port once listening
+ *   workload hold N PATH     N live processes (this one and N-1 forked children), each
+ *                            opens PATH once; prints "held" once all have, then waits to be
+ *                            killed (the children die with it)
  * Ways around a policy (tests/integration/evasion.rs); each exits 10 when the
  * protected content reached user space, 0 when the trick was refused, 3+ on a setup error:
  *   workload uring-read PATH     open PATH with io_uring's IORING_OP_OPENAT, then read(2) it
@@ -21,6 +24,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +35,7 @@
 #include <errno.h>
 #include <linux/io_uring.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/sendfile.h>
 #include <sys/uio.h>
 #include <sys/syscall.h>
@@ -196,6 +201,29 @@ int main(int argc, char **argv) {
             if (pause_us > 0) usleep((useconds_t)pause_us);
         }
         return 0;
+    }
+    if (strcmp(argv[1], "hold") == 0 && argc >= 4) {
+        int ready[2];
+        if (pipe(ready) < 0) return 3;
+        for (long i = 1; i < n; i++) {
+            pid_t pid = fork();
+            if (pid < 0) return 3;
+            if (pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                int fd = open(argv[3], O_RDONLY);
+                if (fd >= 0) close(fd);
+                if (write(ready[1], "x", 1) != 1) _exit(3);
+                for (;;) pause();
+            }
+        }
+        int fd = open(argv[3], O_RDONLY);
+        if (fd >= 0) close(fd);
+        char c;
+        for (long i = 1; i < n; i++)
+            if (read(ready[0], &c, 1) != 1) return 3;
+        printf("held\n");
+        fflush(stdout);
+        for (;;) pause();
     }
     if (strcmp(argv[1], "open-rate") == 0 && argc >= 5) {
         double rate = strtod(argv[4], NULL);
