@@ -186,7 +186,10 @@ pub mod counter {
     pub const SEND: u16 = 7;
     /// Records of this cgroup the ring buffer could not take; `op` is the record kind.
     pub const LOST: u16 = 8;
-    /// Records of this cgroup written to the ring buffer; `op` is the record kind.
+    /// Records of this cgroup written to the ring buffer; `op` is the record
+    /// kind. Not kept for exec and exit records: every exec and exit is
+    /// counted under `EXEC` / `EXIT` and sent, so the records sent are those
+    /// counts minus the `LOST` ones (the agent's metrics derive them).
     pub const RECORD: u16 = 9;
     /// Credential and namespace changes; `op` is the `change::*`.
     pub const PRIVILEGE: u16 = 10;

@@ -163,7 +163,7 @@ fn try_bprm_check(ctx: &LsmContext) -> Result<i32, i32> {
         p.exe_len = exe_len;
         // The credentials it would have run with: the caller's.
         crate::privilege::read_creds(task, &mut p.creds, true);
-        rec.emit();
+        rec.emit_counted();
     }
     Ok(-EPERM)
 }

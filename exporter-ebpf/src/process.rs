@@ -103,7 +103,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     p.filename_len = filename_len;
     p.exe_len = exe_len;
     push_exec_strings(&mut rec, task);
-    rec.emit();
+    rec.emit_counted();
     Ok(0)
 }
 
@@ -135,7 +135,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     counters::add(&counters::key(rec.header().cgroup_id, counter::EXIT, 0, signaled, 0), 0, 0);
     let p: &mut Exit = rec.payload();
     p.exit_code = code;
-    rec.emit();
+    rec.emit_counted();
     Ok(0)
 }
 

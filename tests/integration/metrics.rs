@@ -231,3 +231,26 @@ fn kubernetes_deleted_pod_loses_its_series_after_grace() {
     assert!(deleted_at.elapsed() >= Duration::from_millis(1500), "series went before the 2 s grace period");
     assert!(pod.cgroup.exists(), "the cgroup is still there: deletion came from the API");
 }
+
+/// The kernel does not count exec and exit records as sent (every exec and
+/// exit is counted and sent, so the agent derives them from those counts
+/// and the losses): the derived figures are exact and match the events.
+#[test]
+fn exec_and_exit_records_sent_are_the_exec_and_exit_counts() {
+    require_root!();
+    let agent = Agent::start();
+    let pod = FakePod::cgroupfs("burstable");
+    // The workload and its four children: five execs, five exits.
+    workload_in(&pod.cgroup, &["exec", "4"]);
+    let pod_l = ("pod", pod.uid.as_str());
+    agent.wait_metric("podwatch_exec_total", &[pod_l], 5.0);
+    let m = agent.wait_metric("podwatch_process_exits_total", &[pod_l], 5.0);
+    let records = |k: &str| metric_sum(&m, "podwatch_ringbuf_records_total", &[pod_l, ("kind", k)]);
+    let lost = metric_sum(&m, "podwatch_ringbuf_lost_records_total", &[pod_l]).unwrap_or(0.0);
+    assert_eq!(lost, 0.0, "nothing lost on a quiet ring");
+    assert_eq!((records("exec"), records("exit")), (Some(5.0), Some(5.0)));
+    let cg = pod.cgroup_id();
+    let execs = agent.wait_n(5, Duration::from_secs(20), |e| e.kind == Kind::Exec && e.cgroup.id == cg);
+    let exits = agent.wait_n(5, Duration::from_secs(20), |e| e.kind == Kind::Exit && e.cgroup.id == cg);
+    assert_eq!((execs.len(), exits.len()), (5, 5));
+}

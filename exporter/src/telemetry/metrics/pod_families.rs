@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use podwatch_common::{action, counter, CounterKey, CounterValue};
+use podwatch_common::{action, counter, kind, CounterKey, CounterValue};
 use prometheus_client::registry::Unit;
 
 use super::{
@@ -85,6 +85,30 @@ impl Metrics {
             None,
         );
         let mut pod_cache: HashMap<u64, PodLabels> = HashMap::new();
+        // Exec and exit records are not counted as sent in the kernel (every
+        // exec and exit is both counted and sent, see `counter::RECORD`):
+        // (cgroup, record kind) → (events counted, records lost).
+        let mut sent_with_event: BTreeMap<(u64, u16), (u64, u64)> = BTreeMap::new();
+        for (k, v) in entries {
+            match (k.kind, k.op as u16) {
+                (counter::EXEC, _) => {
+                    sent_with_event.entry((k.cgroup_id, kind::EXEC)).or_default().0 += v.events
+                }
+                (counter::EXIT, _) => {
+                    sent_with_event.entry((k.cgroup_id, kind::EXIT)).or_default().0 += v.events
+                }
+                (counter::LOST, r @ (kind::EXEC | kind::EXIT)) => {
+                    sent_with_event.entry((k.cgroup_id, r)).or_default().1 += v.events
+                }
+                _ => {}
+            }
+        }
+        for (&(cgroup_id, record_kind), &(counted, lost)) in &sent_with_event {
+            let p = pod_cache.entry(cgroup_id).or_insert_with(|| self.pod_labels(cgroup_id));
+            let mut l = self.base(p);
+            l.push(("kind", record_kind_name(record_kind as u8)));
+            records.add(l, counted.saturating_sub(lost));
+        }
         for (k, v) in entries {
             let p = pod_cache.entry(k.cgroup_id).or_insert_with(|| self.pod_labels(k.cgroup_id));
             let mut l = self.base(p);
@@ -172,5 +196,85 @@ impl Metrics {
             exec, exits, files, conns, datagrams, sent, received, privileges, enforced, lost, records,
             matches,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use podwatch_common::{counter, kind, CounterKey, CounterValue};
+
+    use crate::{
+        pipeline::names::BinaryNames,
+        pods::{cgroup::CgroupResolver, PodStore},
+        telemetry::{
+            metrics::{LabelConfig, Metrics, StaticCounters},
+            stats::AgentStats,
+        },
+    };
+
+    fn entry(
+        cgroup_id: u64,
+        kind: u16,
+        op: u8,
+        outcome: u8,
+        rule: u16,
+        events: u64,
+    ) -> (CounterKey, CounterValue) {
+        let key = CounterKey { cgroup_id, binary: 0, kind, rule, op, outcome, action: 0, direction: 0 };
+        (key, CounterValue { events, bytes_sent: 0, bytes_received: 0 })
+    }
+
+    /// Exec and exit records are the exec and exit counts minus the lost
+    /// records (the kernel does not count them as sent); others are counted.
+    #[test]
+    fn exec_and_exit_records_are_derived_from_their_counts_and_losses() {
+        let pod = "6b1f0a52-2c3d-4e5f-8a9b-0c1d2e3f4a5b";
+        let mut cgroups = CgroupResolver::new(None);
+        cgroups.insert(7, format!("/kubepods/burstable/pod{pod}/4f2b8e"));
+        let entries = vec![
+            // Execs split by outcome and rule: 5 + 2 + 1 (a denied one).
+            entry(7, counter::EXEC, 0, 0, 0, 5),
+            entry(7, counter::EXEC, 0, 0, 3, 2),
+            entry(7, counter::EXEC, 0, 1, 4, 1),
+            entry(7, counter::LOST, kind::EXEC as u8, 0, 0, 3),
+            // Exits by reason, none lost.
+            entry(7, counter::EXIT, 0, 0, 0, 4),
+            entry(7, counter::EXIT, 0, 1, 0, 2),
+            // File records are counted as sent by the kernel.
+            entry(7, counter::FILE, 0, 0, 0, 100),
+            entry(7, counter::RECORD, kind::FILE_OPEN as u8, 0, 0, 9),
+            entry(7, counter::LOST, kind::FILE_OPEN as u8, 0, 0, 1),
+        ];
+        let metrics = Metrics::new(
+            Box::new(StaticCounters(Mutex::new(entries.clone()))),
+            Arc::new(AgentStats::default()),
+            Arc::new(Mutex::new(cgroups)),
+            Arc::new(PodStore::default()),
+            Arc::new(BinaryNames::default()),
+            LabelConfig::default(),
+            Vec::new(),
+            Duration::from_secs(300),
+        );
+        let families = metrics.families(&entries);
+        let records = families.iter().find(|f| f.name == "podwatch_ringbuf_records").expect("records family");
+        let sent = |k: &str| -> u64 {
+            records
+                .series
+                .iter()
+                .filter(|(l, _)| {
+                    l.iter().any(|(n, v)| *n == "kind" && v == k)
+                        && l.iter().any(|(n, v)| *n == "pod" && v == pod)
+                })
+                .map(|(_, v)| *v)
+                .sum()
+        };
+        assert_eq!((sent("exec"), sent("exit"), sent("file")), (5, 6, 9));
+        let lost = families.iter().find(|f| f.name == "podwatch_ringbuf_lost_records").expect("lost family");
+        assert_eq!(lost.series.values().sum::<u64>(), 4, "losses are reported as they are");
     }
 }
