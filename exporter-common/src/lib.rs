@@ -773,6 +773,9 @@ pub struct KernelOffsets {
     pub nsproxy_member: [u32; ns::COUNT],
     pub ns_common_at: [u32; ns::COUNT],
     pub ns_common_inum: u32,
+    /// The first of `nsproxy`'s namespace pointers: the programs read the
+    /// 64 bytes from there at once (the loader checks every member is in them).
+    pub nsproxy_first: u32,
 }
 
 /// `KernelOffsets::available` bits.

@@ -86,6 +86,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     nsproxy_member: [0; podwatch_common::ns::COUNT],
     ns_common_at: [0; podwatch_common::ns::COUNT],
     ns_common_inum: 0,
+    nsproxy_first: 0,
 };
 
 /// Reads one offset. Volatile so the compiler cannot fold the zero initialiser;

@@ -43,6 +43,10 @@ static PRIV_RULES: Array<PrivilegeRule> = Array::with_max_entries(2 * MAX_PRIVIL
 #[map]
 static FACTS: PerCpuArray<[u64; 10]> = PerCpuArray::with_max_entries(1, 0);
 
+/// `read_creds`' copy of a task's `nsproxy` namespace pointers.
+#[map]
+static NS_POINTERS: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Where the entry program assembles the credentials it stashes.
 #[map]
 static CREDS_SCRATCH: PerCpuArray<Credentials> = PerCpuArray::with_max_entries(1, 0);
@@ -99,6 +103,14 @@ pub fn read_creds(task: u64, out: &mut Credentials, with_ns: bool) {
         out.ns[ns::USER] = read::<u32>(user_ns, at + inum).unwrap_or(0);
     }
     let Ok(nsproxy) = read::<u64>(task, off!(task_nsproxy)) else { return };
+    // The namespace pointers in one read (the loader checks they lie in
+    // these 64 bytes), into map memory: indexed by a variable there, where
+    // older verifiers refuse a variable index into the stack.
+    let Some(ptrs) = NS_POINTERS.get_ptr_mut(0) else { return };
+    if !read_into(ptrs as *mut u8, 64, nsproxy + off!(nsproxy_first)) {
+        return;
+    }
+    let first = off!(nsproxy_first);
     for i in 0..ns::COUNT {
         if i == ns::USER {
             continue;
@@ -110,9 +122,10 @@ pub fn read_creds(task: u64, out: &mut Credentials, with_ns: bool) {
                 core::ptr::read_volatile(&crate::kernel::OFFSETS.ns_common_at[i]) as u64,
             )
         };
-        if let Ok(p) = read::<u64>(nsproxy, member) {
-            out.ns[i] = read::<u32>(p, at + inum).unwrap_or(0);
-        }
+        let slot = (member.wrapping_sub(first) >> 3) as usize & 7;
+        // SAFETY: a per-CPU value of eight pointers, the slot masked into it.
+        let p = unsafe { core::ptr::read_volatile((ptrs as *const u64).add(slot)) };
+        out.ns[i] = read::<u32>(p, at + inum).unwrap_or(0);
     }
 }
 

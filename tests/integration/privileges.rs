@@ -93,6 +93,22 @@ fn privilege_changes_are_reported_before_and_after() {
     assert_eq!((down.before.euid, down.after.euid, down.after.uid), (0, 65534, 0));
     assert!(has(&down.capabilities_lost, "CAP_SYS_ADMIN") && down.after.capabilities_effective.is_empty());
     assert_eq!((up.before.euid, up.after.euid), (65534, 0));
+    // Each namespace is read from its own place: the ids are the ones /proc
+    // shows (the workload runs in the test's namespaces).
+    let nss = down.after.namespaces.clone().expect("namespaces");
+    for (name, link) in [
+        ("mnt", "mnt"),
+        ("pid", "pid_for_children"),
+        ("net", "net"),
+        ("uts", "uts"),
+        ("ipc", "ipc"),
+        ("user", "user"),
+        ("cgroup", "cgroup"),
+    ] {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(format!("/proc/self/ns/{link}")).expect("a namespace").ino();
+        assert_eq!(nss.get(name).map(|&i| i as u64), Some(ino), "{name}: {nss:?}");
+    }
     assert!(has(&up.capabilities_gained, "CAP_SYS_ADMIN"), "{up:?}");
 
     // Root given up for good: taking it back fails, and the attempt is an

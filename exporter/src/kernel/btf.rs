@@ -348,6 +348,19 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
             ),
         )
     });
+    // nsproxy's namespace pointers in one read of 64 bytes.
+    let ns_members: Vec<u32> = (0..podwatch_common::ns::COUNT)
+        .filter(|&i| i != podwatch_common::ns::USER)
+        .map(|i| o.nsproxy_member[i])
+        .collect();
+    o.nsproxy_first = ns_members.iter().copied().min().unwrap_or(0);
+    let first = o.nsproxy_first;
+    let namespaces = namespaces.filter(|_| {
+        laid_out(
+            ns_members.iter().all(|&m| (m - first) % 8 == 0 && m - first < 64),
+            format!("nsproxy's namespace pointers within 64 bytes (at {ns_members:?})"),
+        )
+    });
     // d_parent and d_name's len and name in one go; a `struct path` as (mnt, dentry) in one read.
     let paths = paths.filter(|_| {
         let dentry = laid_out(
