@@ -128,7 +128,7 @@ impl Enricher {
         let Some(info) = self.procs.get_mut(h.tgid) else {
             return Arc::new(build(None, None).into());
         };
-        if let Some(s) = &info.shown.0 {
+        if let Some(s) = &info.shown.last {
             let same_parent = match (&s.parent_binary, &parent_binary) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 (None, None) => true,
@@ -146,9 +146,12 @@ impl Enricher {
         }
         let parent = (ppid != 0).then(|| Parent { pid: ppid, binary: parent_binary.clone() });
         let process = Arc::new(Encoded::new(build(Some(info), parent)));
+        if !std::mem::replace(&mut info.shown.seen, true) {
+            return process;
+        }
         let mut c = [0u8; 16];
         c[..comm.len()].copy_from_slice(comm);
-        info.shown.0 = Some(ShownProcess {
+        info.shown.last = Some(ShownProcess {
             tid: h.tid,
             uid: h.uid,
             gid: h.gid,
@@ -713,7 +716,10 @@ mod tests {
             h.comm[..comm.len()].copy_from_slice(comm);
             e.enrich(Record { header: h, payload: Payload::Exit { exit_code: 0 } }).expect("an event").process
         };
+        let first = exit(&mut e, 9, 0, b"cat");
         let a = exit(&mut e, 9, 0, b"cat");
+        assert!(!Arc::ptr_eq(&first, &a), "a process's first event leaves no copy in the cache");
+        assert_eq!(first, a);
         assert!(Arc::ptr_eq(&a, &exit(&mut e, 9, 0, b"cat")), "the same facts share one process");
         // Each fact the header brings, changed, shows.
         let by_uid = exit(&mut e, 9, 1000, b"cat");

@@ -31,9 +31,14 @@ pub struct ProcessInfo {
 /// The process an event showed and what it was built from besides the
 /// cache entry (the record header's thread, ids and name, the parent's
 /// binary): the next event whose facts are the same shares it, JSON
-/// included. Forgotten when the entry is cloned (a fork) or replaced (an exec).
+/// included. Kept from a process's second event on (`seen`: a process with
+/// one event, most of a node's, holds no copy: ~600 bytes each), forgotten
+/// when the entry is cloned (a fork) or replaced (an exec).
 #[derive(Default)]
-pub struct Shown(pub Option<ShownProcess>);
+pub struct Shown {
+    pub last: Option<ShownProcess>,
+    pub seen: bool,
+}
 
 pub struct ShownProcess {
     pub tid: u32,
@@ -46,7 +51,7 @@ pub struct ShownProcess {
 
 impl Clone for Shown {
     fn clone(&self) -> Self {
-        Shown(None)
+        Shown::default()
     }
 }
 
@@ -58,7 +63,7 @@ impl PartialEq for Shown {
 
 impl std::fmt::Debug for Shown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "shown" } else { "not shown" })
+        f.write_str(if self.last.is_some() { "shown" } else { "not shown" })
     }
 }
 
